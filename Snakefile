@@ -1,0 +1,21 @@
+# yolo-w4: Ultralytics YOLO checkpoint -> 4-bit-weight (W4A16) QCDQ ONNX, checked in ONNX Runtime.
+# The rule graph is drawn in README.md; path helpers live in rules/common.smk.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/quantize.smk"
+include: "rules/export.smk"
+include: "rules/smoke.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,71 @@
+# Path helpers and the values every rule shares. Nothing here runs a job.
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from yolo_w4.config import validate_config  # noqa: E402
+from yolo_w4.errors import UserError  # noqa: E402
+from yolo_w4.runtime import resolve_precision  # noqa: E402
+
+
+def fail(message):
+    """Stop before any job runs with one line on stderr (Snakemake would add a traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    validate_config(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
+except UserError as error:
+    fail(error)
+
+RUN = f"results/{config['run_id']}"
+
+CHECKPOINT = config["checkpoint"]
+MODEL = Path(CHECKPOINT).stem
+VARIANTS = list(config["variants"])
+FP = "fp"  # the baseline's name in smoke/metrics files
+PRECISION = resolve_precision(config["precision"], config["device"])
+SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
+
+if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT):
+    fail(f"checkpoint not found: {CHECKPOINT} (set `checkpoint:` in the config or pass --config checkpoint=PATH)")
+
+
+wildcard_constraints:
+    model=re.escape(MODEL),
+    variant="|".join(map(re.escape, [FP, *VARIANTS])),
+    precision="fp32|fp16",
+
+
+def quantized_path(variant):
+    return f"{RUN}/quantized/{MODEL}-{variant}-ptq.pt"
+
+
+def onnx_path(variant):
+    if variant == FP:
+        return f"{RUN}/onnx/{MODEL}-{PRECISION}.onnx"
+    return f"{RUN}/onnx/{MODEL}-{variant}-qcdq-ptq.onnx"
+
+
+def smoke_path(variant):
+    return f"{RUN}/smoke/{MODEL}-{variant}.json"
+
+
+def model_inputs(wildcards):
+    """What rebuilds the PyTorch model of a variant: the checkpoint, plus its state dict."""
+    inputs = {"checkpoint": CHECKPOINT}
+    if wildcards.variant != FP:
+        inputs["quantized"] = quantized_path(wildcards.variant)
+    return inputs
+
+
+def all_outputs():
+    return [
+        *(quantized_path(v) for v in VARIANTS),
+        *(onnx_path(v) for v in [FP, *VARIANTS]),
+        *(smoke_path(v) for v in [FP, *VARIANTS]),
+    ]

@@ -1,0 +1,23 @@
+rule smoke_test:
+    input:
+        unpack(model_inputs),
+        onnx=lambda wc: onnx_path(wc.variant),
+    output:
+        f"{RUN}/smoke/{{model}}-{{variant}}.json",
+    params:
+        image=config["smoke"]["image"],
+        device=config["device"],
+        precision=PRECISION,
+        runs=config["smoke"]["runs"],
+        warmup=config["smoke"]["warmup"],
+        conf=config["smoke"]["conf"],
+        head=config["head"],
+        imgsz=config["imgsz"],
+    log:
+        f"{RUN}/logs/smoke_test/{{model}}-{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/smoke_test/{{model}}-{{variant}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/smoke_test.py"

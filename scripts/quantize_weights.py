@@ -1,0 +1,16 @@
+"""Rule quantize_weights: checkpoint -> W4 (or other bits) quantized state dict."""
+
+from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps import quantize_step
+
+sm = snakemake  # noqa: F821
+run_rule(
+    sm,
+    quantize_step,
+    checkpoint=sm.input.checkpoint,
+    output=sm.output[0],
+    variant=sm.wildcards.variant,
+    settings=dict(sm.params.settings),
+    head=sm.params.head,
+    imgsz=sm.params.imgsz,
+)

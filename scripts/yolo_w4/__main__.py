@@ -1,0 +1,5 @@
+import sys
+
+from yolo_w4.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""Validate a workflow config against config/config.schema.yaml and fill in its defaults.
+
+Snakemake's own `validate` prints the whole schema on failure; users get one line here:
+which key, what is wrong, where the allowed values are described.
+"""
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from yolo_w4.errors import UserError
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values into the instance as it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = _copy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path) -> dict:
+    """Check `config` in place (defaults added); raise UserError naming the first bad key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _where(e)))
+    if errors:
+        error = errors[0]
+        message = error.message
+        if error.validator == "additionalProperties":
+            message = f"unknown key: {message}"
+        raise UserError(f"invalid config at {_where(error)}: {message} (allowed keys and values: {schema_path})")
+    return config

@@ -1,0 +1,138 @@
+"""Export the FP baseline and the weight-quantized models to ONNX, and describe the result.
+
+The quantized export is Brevitas' QCDQ form: each weight is an integer initializer, a Clip
+that enforces the b-bit range, and a per-channel DequantizeLinear feeding a float Conv.
+Activations stay floating point. Quantization always happens in FP32; FP16 export casts the
+already-quantized model (scales and biases become FP16, integer weights do not change).
+"""
+
+import collections
+import copy
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from yolo_w4.files import atomic_path
+from yolo_w4.torch_compat import onnx_export_kwargs
+
+OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "output0"
+PRECISIONS = ("fp32", "fp16")
+
+
+def _example_input(imgsz: int, precision: str) -> torch.Tensor:
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    return torch.zeros(1, 3, imgsz, imgsz, dtype=dtype)
+
+
+def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model = copy.deepcopy(model)
+    return model.half() if precision == "fp16" else model.float()
+
+
+def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32") -> None:
+    """FP baseline with torch's TorchScript exporter (the same settings as the QCDQ export)."""
+    model = _cast(model, precision)
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            model,
+            (_example_input(imgsz, precision),),
+            str(tmp),
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            do_constant_folding=True,
+            **onnx_export_kwargs(),
+        )
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def export_qcdq(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32") -> None:
+    """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv)."""
+    from brevitas.export import export_onnx_qcdq
+
+    model = _cast(model, precision)
+    with atomic_path(path) as tmp, torch.no_grad():
+        export_onnx_qcdq(
+            model,
+            args=_example_input(imgsz, precision),
+            export_path=str(tmp),
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            **onnx_export_kwargs(),
+        )
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _io_shapes(values) -> dict:
+    shapes = {}
+    for value in values:
+        tensor = value.type.tensor_type
+        shapes[value.name] = {
+            "shape": [dim.dim_value or dim.dim_param for dim in tensor.shape.dim],
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        }
+    return shapes
+
+
+def _through_casts(consumers, name) -> list:
+    """Nodes that take `name` as their weight input, looking through Cast (FP16 exports)."""
+    found = []
+    for node in consumers[name]:
+        if node.op_type == "Cast":
+            found += _through_casts(consumers, node.output[0])
+        elif len(node.input) > 1 and node.input[1] == name:
+            found.append(node)
+    return found
+
+
+def onnx_summary(path) -> dict:
+    """Node counts, I/O, and for every weight Clip -> DequantizeLinear -> Conv the integer range."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    weight_clips = []
+    for node in graph.node:
+        if node.op_type != "Clip" or node.input[0] not in constants:
+            continue
+        dequant = [n for n in consumers[node.output[0]] if n.op_type == "DequantizeLinear"]
+        convs = [c for d in dequant for c in _through_casts(consumers, d.output[0]) if c.op_type == "Conv"]
+        if not convs:
+            continue
+        weight = constants[node.input[0]]
+        scale = constants.get(dequant[0].input[1])
+        weight_clips.append(
+            {
+                "layer": convs[0].input[2].removesuffix(".bias") if len(convs[0].input) > 2 else convs[0].name,
+                "int_dtype": weight.dtype.name,
+                "min": int(np.asarray(constants[node.input[1]])),
+                "max": int(np.asarray(constants[node.input[2]])),
+                "channels": int(np.size(scale)) if scale is not None else None,
+                "values_min": int(weight.min()),
+                "values_max": int(weight.max()),
+            }
+        )
+    counts = collections.Counter(node.op_type for node in graph.node)
+    return {
+        "opset": max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")),
+        "nodes": sum(counts.values()),
+        "node_counts": {op: counts.get(op, 0) for op in ("Conv", "DequantizeLinear", "QuantizeLinear", "Clip")},
+        "inputs": _io_shapes(graph.input),
+        "outputs": _io_shapes(graph.output),
+        "weight_clips": weight_clips,
+        "weight_clip_ranges": sorted({(c["min"], c["max"]) for c in weight_clips}),
+    }

@@ -1,0 +1,119 @@
+"""Weight-only post-training quantization of a fused detector with Brevitas.
+
+One function per step, options as plain arguments (after Brevitas' `ptq_common.py`):
+`weight_quantizer` picks the Brevitas quantizer, `quantizable_layers` says which convs get
+it, `quantize_weights` swaps them in, `quantization_summary` says what happened. Inputs,
+outputs and biases stay floating point: this is W4A16, not W4A8.
+"""
+
+import copy
+import fnmatch
+
+import torch
+
+from yolo_w4.errors import UserError
+
+# The DFL conv is a fixed arange(16) projection that decodes box distributions; quantizing it
+# shifts every box, and it is not a learned weight.
+ALWAYS_FLOAT = ("*.dfl.conv",)
+SCALES = ("minmax", "mse")
+DEFAULT_SETTINGS = {
+    "weight_bits": 4,
+    "scale": "minmax",
+    "symmetric": True,
+    "narrow_range": True,
+    "keep_float": [],
+}
+
+
+def weight_quantizer(bits: int = 4, scale: str = "minmax", symmetric: bool = True, narrow_range: bool = True):
+    """A Brevitas per-output-channel, float-scale weight quantizer with `bits` bits.
+
+    symmetric: signed integers, zero point 0 (QCDQ: int8 storage, Clip to [-7, 7] at 4 bits
+    with narrow range). asymmetric: unsigned integers with a per-channel zero point.
+    scale: `minmax` uses each channel's absolute max (or min/max); `mse` searches the
+    clipping range that minimises the weight's squared error.
+    """
+    from brevitas.quant.scaled_int import Int8WeightPerChannelFloat, Int8WeightPerChannelFloatMSE
+    from brevitas.quant.shifted_scaled_int import (
+        ShiftedUint8WeightPerChannelFloat,
+        ShiftedUint8WeightPerChannelFloatMSE,
+    )
+
+    if scale not in SCALES:
+        raise UserError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not 2 <= int(bits) <= 8:
+        raise UserError(f"weight_bits must be between 2 and 8, got {bits}")
+    base = {
+        (True, "minmax"): Int8WeightPerChannelFloat,
+        (True, "mse"): Int8WeightPerChannelFloatMSE,
+        (False, "minmax"): ShiftedUint8WeightPerChannelFloat,
+        (False, "mse"): ShiftedUint8WeightPerChannelFloatMSE,
+    }[(bool(symmetric), scale)]
+    return base.let(bit_width=int(bits), narrow_range=bool(narrow_range))
+
+
+def weight_only_layer_map(quantizer) -> dict:
+    """Brevitas layer map that replaces Conv2d by a QuantConv2d quantizing only its weight.
+
+    Brevitas' default map also adds 8-bit input and 32-bit bias quantizers; we want neither.
+    """
+    import brevitas.nn as qnn
+
+    options = {
+        "weight_quant": quantizer,
+        "input_quant": None,
+        "output_quant": None,
+        "bias_quant": None,
+        "return_quant_tensor": False,
+    }
+    return {torch.nn.Conv2d: (qnn.QuantConv2d, options)}
+
+
+def conv_layers(model: torch.nn.Module) -> dict:
+    """Every Conv2d (float or already quantized) by its module name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)}
+
+
+def quantizable_layers(model: torch.nn.Module, keep_float=()) -> list[str]:
+    """Names of the convs to quantize: all but the DFL conv and the `keep_float` globs."""
+    patterns = (*ALWAYS_FLOAT, *keep_float)
+    return [name for name in conv_layers(model) if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
+    """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights."""
+    from brevitas.graph.quantize import layerwise_quantize
+
+    settings = {**DEFAULT_SETTINGS, **settings}
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("quantize in FP32 and cast afterwards: the model passed in is not FP32")
+    quantizer = weight_quantizer(
+        settings["weight_bits"], settings["scale"], settings["symmetric"], settings["narrow_range"]
+    )
+    selected = set(quantizable_layers(model, settings["keep_float"]))
+    skipped = [name for name in conv_layers(model) if name not in selected]
+    quantized = layerwise_quantize(
+        copy.deepcopy(model), compute_layer_map=weight_only_layer_map(quantizer), name_blacklist=skipped
+    )
+    return quantized.eval()
+
+
+def quantization_summary(model: torch.nn.Module) -> dict:
+    """Per-layer bit widths and the share of conv weights stored at 4 bits."""
+    layers, total, four_bit = [], 0, 0
+    for name, module in conv_layers(model).items():
+        quant = getattr(module, "weight_quant", None)
+        bits = int(quant.bit_width()) if quant is not None and quant.is_quant_enabled else None
+        count = module.weight.numel()
+        total += count
+        four_bit += count if bits == 4 else 0
+        layers.append({"name": name, "bits": bits, "weights": count, "shape": list(module.weight.shape)})
+    quantizable = sum(layer["weights"] for layer in layers if not layer["name"].endswith(".dfl.conv"))
+    return {
+        "layers": layers,
+        "quantized_layers": sum(layer["bits"] is not None for layer in layers),
+        "float_layers": sum(layer["bits"] is None for layer in layers),
+        "weights_4bit_fraction": four_bit / quantizable if quantizable else 0.0,
+        "conv_weights": total,
+    }

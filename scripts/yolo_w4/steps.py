@@ -1,0 +1,103 @@
+"""The workflow's steps, each: read its inputs, call the library, write its outputs.
+
+Rule scripts and the `python -m yolo_w4` command line both call these, so the two can
+never drift apart. Every JSON written records versions, input hashes and configuration.
+"""
+
+from pathlib import Path
+
+from yolo_w4.checkpoint import load_detector
+from yolo_w4.export import export_fp, export_qcdq, onnx_summary
+from yolo_w4.files import write_json
+from yolo_w4.provenance import input_record, utc_now, versions
+from yolo_w4.quantize import DEFAULT_SETTINGS, quantize_weights
+from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
+from yolo_w4.seeded import build_seeded_checkpoint
+from yolo_w4.smoke import smoke_test
+
+FP = "fp"  # the baseline's variant name in smoke and metrics file names
+
+
+def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
+    build_seeded_checkpoint(output, arch, seed)
+
+
+def quantize_step(checkpoint, output, variant: str, settings: dict, head: str = "one2one", imgsz: int = 640) -> dict:
+    """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions)."""
+    detector = load_detector(checkpoint, head, imgsz)
+    settings = {**DEFAULT_SETTINGS, **settings}
+    model = quantize_weights(detector.model, settings)
+    record = save_quantized(output, model, detector, variant, settings)
+    summary = record["summary"]
+    print(
+        f"{variant}: {summary['quantized_layers']} convs quantized, {summary['float_layers']} float, "
+        f"{summary['weights_4bit_fraction']:.1%} of conv weights at 4 bits"
+    )
+    return record
+
+
+def _load_model(checkpoint, quantized, head, imgsz):
+    """(PyTorch model, detector, settings or None): the FP model, or the rebuilt quantized one."""
+    if quantized:
+        model, detector, record = load_quantized(quantized, checkpoint)
+        return model, detector, record["settings"]
+    detector = load_detector(checkpoint, head, imgsz)
+    return detector.model, detector, None
+
+
+def export_step(
+    checkpoint, output, record_path, quantized=None, precision="fp32", head="one2one", imgsz=640, config=None
+) -> dict:
+    """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
+    model, detector, settings = _load_model(checkpoint, quantized, head, imgsz)
+    if quantized:
+        export_qcdq(model, output, detector.imgsz, precision)
+    else:
+        export_fp(model, output, detector.imgsz, precision)
+    inputs = {"checkpoint": checkpoint, **({"quantized": quantized} if quantized else {})}
+    record = {
+        "onnx": str(output),
+        "bytes": Path(output).stat().st_size,
+        "format": "qcdq" if quantized else "float",
+        "precision": precision,
+        "settings": settings,
+        "checker": "onnx.checker.check_model(full_check=True) passed",
+        **onnx_summary(output),
+        "checkpoint": detector.describe(),
+        "inputs": input_record(inputs),
+        "config": config,
+        "versions": versions(),
+        "created": utc_now(),
+    }
+    write_json(record_path, record)
+    counts = record["node_counts"]
+    print(f"wrote {output}: {record['bytes']:,} bytes, {counts}, weight Clip ranges {record['weight_clip_ranges']}")
+    return record
+
+
+def smoke_step(
+    onnx_path,
+    checkpoint,
+    output,
+    variant: str,
+    quantized=None,
+    image=None,
+    device="auto",
+    precision="fp32",
+    runs=20,
+    warmup=3,
+    conf=0.25,
+    head="one2one",
+    imgsz=640,
+    config=None,
+) -> dict:
+    """ONNX -> smoke JSON: providers, I/O, latency, detections on a photo, parity with PyTorch."""
+    model, detector, _ = _load_model(checkpoint, quantized, head, imgsz)
+    result = smoke_test(onnx_path, model, detector, variant, image, device, precision, runs, warmup, conf)
+    result["config"] = config
+    write_json(output, result)
+    print(
+        f"{variant}: {result['provider_used']} {precision}, median {result['latency']['median_ms']} ms, "
+        f"parity {result['parity']['sqnr_db']} dB, {result['detections']['count']} detections"
+    )
+    return result

@@ -1,0 +1,35 @@
+"""`python -m yolo_w4`: the same steps outside Snakemake, with one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "yolo_w4", *args], cwd=cwd, capture_output=True, text=True, env=None)
+
+
+def test_cli_quantize_export_smoke(seeded_checkpoint, tmp_path):
+    ckpt = str(seeded_checkpoint)
+    steps = [
+        ("quantize", "--checkpoint", ckpt, "--out", "w4.pt", "--scale", "mse"),
+        ("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--out", "w4.onnx"),
+        ("smoke", "--checkpoint", ckpt, "--quantized", "w4.pt", "--onnx", "w4.onnx", "--device", "cpu", "--runs", "2", "--out", "smoke.json"),
+    ]
+    for step in steps:
+        result = cli(*step, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    smoke = json.loads((tmp_path / "smoke.json").read_text())
+    assert smoke["variant"] == "w4a16" and smoke["parity"]["sqnr_db"] >= 80
+    assert json.loads((tmp_path / "w4.json").read_text())["settings"]["scale"] == "mse"
+
+
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):
+    result = cli("quantize", "--checkpoint", "missing.pt", "--out", "w4.pt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: checkpoint not found: missing.pt (set `checkpoint:` in the config or pass --config checkpoint=PATH)"
+    ]
+    assert not (tmp_path / "w4.pt").exists()

@@ -1,0 +1,100 @@
+"""ONNX export: QCDQ structure, Clip ranges, and ONNX Runtime vs PyTorch parity on a real photo."""
+
+import inspect
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from yolo_w4.checkpoint import load_detector
+from yolo_w4.export import export_fp, export_qcdq, onnx_summary
+from yolo_w4.parity import compare_outputs
+from yolo_w4.quantize import conv_layers, quantize_weights
+from yolo_w4.runtime import create_session, input_feed
+from yolo_w4.torch_compat import onnx_export_kwargs
+
+
+def ort_output(path, tensor):
+    session, record = create_session(path, "cpu")
+    assert record["provider_used"] == "CPUExecutionProvider"
+    return session.run(None, input_feed(session, tensor))[0]
+
+
+def torch_output(model, tensor):
+    with torch.no_grad():
+        return model(torch.from_numpy(tensor)).numpy()
+
+
+@pytest.fixture(scope="module")
+def w4(detector):
+    return quantize_weights(detector.model, {})
+
+
+@pytest.fixture(scope="module")
+def w4_onnx(w4, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "w4.onnx"
+    export_qcdq(w4, path)
+    return path
+
+
+def test_qcdq_graph_has_one_clip_and_dequantize_per_quantized_conv(w4, w4_onnx):
+    summary = onnx_summary(w4_onnx)
+    convs = len(conv_layers(w4))
+    counts = summary["node_counts"]
+    assert counts == {"Conv": convs, "DequantizeLinear": convs - 1, "QuantizeLinear": 0, "Clip": convs - 1}
+    assert summary["weight_clip_ranges"] == [(-7, 7)]
+    clips = summary["weight_clips"]
+    assert all(c["int_dtype"] == "int8" and -7 <= c["values_min"] and c["values_max"] <= 7 for c in clips)
+    by_layer = {c["layer"]: c for c in clips}
+    assert "model.23.dfl.conv" not in by_layer
+    assert by_layer["model.0.conv"]["channels"] == conv_layers(w4)["model.0.conv"].out_channels
+    assert summary["outputs"]["output0"]["shape"] == [1, 300, 6]
+
+
+@pytest.mark.parametrize(("settings", "expected"), [({"narrow_range": False}, [(-8, 7)]), ({"weight_bits": 8}, [(-127, 127)])])
+def test_clip_range_follows_the_settings(detector, tmp_path, settings, expected):
+    path = tmp_path / "q.onnx"
+    export_qcdq(quantize_weights(detector.model, settings), path)
+    assert onnx_summary(path)["weight_clip_ranges"] == expected
+
+
+def test_w4_onnx_matches_its_fake_quant_model(w4, w4_onnx, coco_photo):
+    tensor = coco_photo[0]
+    parity = compare_outputs(torch_output(w4, tensor), ort_output(w4_onnx, tensor), "one2one")
+    assert parity["sqnr_db"] >= 80, parity
+    assert parity["rows_matched"] >= 295, parity
+
+
+def test_fp_and_w4_parity_elementwise_on_the_one2many_head(seeded_checkpoint, coco_photo, tmp_path):
+    """No top-k here, so every one of the 84 x 8400 values is compared in place."""
+    detector = load_detector(seeded_checkpoint, "one2many")
+    tensor = coco_photo[0]
+    export_fp(detector.model, tmp_path / "fp.onnx")
+    fp = compare_outputs(torch_output(detector.model, tensor), ort_output(tmp_path / "fp.onnx", tensor), "one2many")
+    assert fp["sqnr_db"] >= 80, fp
+    w4 = quantize_weights(detector.model, {})
+    export_qcdq(w4, tmp_path / "w4.onnx")
+    q = compare_outputs(torch_output(w4, tensor), ort_output(tmp_path / "w4.onnx", tensor), "one2many")
+    assert q["sqnr_db"] >= 80, q
+    assert q["method"] == "element-wise"
+
+
+def test_fp16_export_runs_in_onnx_runtime(w4, tmp_path, coco_photo):
+    path = tmp_path / "w4-fp16.onnx"
+    export_qcdq(w4, path, precision="fp16")
+    summary = onnx_summary(path)
+    assert summary["inputs"]["images"]["dtype"] == "float16"
+    assert summary["weight_clip_ranges"] == [(-7, 7)], "integer weights are unchanged by the FP16 cast"
+    output = ort_output(path, coco_photo[0])
+    assert output.shape == (1, 300, 6) and np.isfinite(output).all()
+
+
+def test_torch_compat_asks_for_the_torchscript_exporter(w4_onnx):
+    kwargs = onnx_export_kwargs()
+    assert kwargs["keep_initializers_as_inputs"] is False
+    assert ("dynamo" in inspect.signature(torch.onnx.export).parameters) == ("dynamo" in kwargs)
+    assert kwargs.get("dynamo", False) is False
+    graph = onnx.load(str(w4_onnx)).graph
+    initializers = {init.name for init in graph.initializer}
+    assert [i.name for i in graph.input] == ["images"] and not initializers & {i.name for i in graph.input}

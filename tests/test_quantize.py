@@ -1,0 +1,102 @@
+"""Weight-only quantization: which layers, which integer range, and an exact state-dict round trip."""
+
+import pytest
+import torch
+
+from yolo_w4.errors import UserError
+from yolo_w4.quantize import conv_layers, quantization_summary, quantize_weights
+from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
+
+
+def integer_weights(module) -> torch.Tensor:
+    return module.quant_weight().int()
+
+
+def test_every_conv_but_dfl_gets_4_bit_per_channel_weights(detector):
+    model = quantize_weights(detector.model, {})
+    layers = conv_layers(model)
+    dfl = [name for name in layers if name.endswith(".dfl.conv")]
+    assert dfl == ["model.23.dfl.conv"]
+    summary = quantization_summary(model)
+    assert summary["quantized_layers"] == len(layers) - 1 and summary["float_layers"] == 1
+    assert summary["weights_4bit_fraction"] == 1.0
+    assert not hasattr(layers["model.23.dfl.conv"], "weight_quant")
+    for name, module in layers.items():
+        if name in dfl:
+            continue
+        assert int(module.weight_quant.bit_width()) == 4
+        assert not module.input_quant.is_quant_enabled, f"{name}: activations must stay float"
+        assert not module.bias_quant.is_quant_enabled, f"{name}: biases must stay float"
+        ints = integer_weights(module)
+        assert -7 <= ints.min() and ints.max() <= 7
+        scale = module.quant_weight().scale
+        assert scale.numel() == module.out_channels, f"{name}: one scale per output channel"
+
+
+def test_quantization_changes_outputs_but_keeps_dfl_exact(detector, coco_photo):
+    model = quantize_weights(detector.model, {})
+    dfl_fp = conv_layers(detector.model)["model.23.dfl.conv"].weight
+    assert torch.equal(conv_layers(model)["model.23.dfl.conv"].weight, dfl_fp)
+    x = torch.from_numpy(coco_photo[0])
+    with torch.no_grad():
+        assert not torch.equal(model(x), detector.model(x))
+
+
+def test_keep_float_globs_leave_layers_unquantized(detector):
+    model = quantize_weights(detector.model, {"keep_float": ["model.0.conv", "model.23.one2one_cv3.*"]})
+    summary = quantization_summary(model)
+    floats = {layer["name"] for layer in summary["layers"] if layer["bits"] is None}
+    assert "model.0.conv" in floats and "model.23.dfl.conv" in floats
+    assert any(name.startswith("model.23.one2one_cv3.") for name in floats)
+    assert 0.9 < summary["weights_4bit_fraction"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "low", "high"),
+    [
+        ({"narrow_range": False}, -8, 7),
+        ({"weight_bits": 8}, -127, 127),
+        ({"symmetric": False, "narrow_range": False}, 0, 15),
+    ],
+)
+def test_settings_change_the_integer_grid(detector, settings, low, high):
+    module = conv_layers(quantize_weights(detector.model, settings))["model.2.cv1.conv"]
+    ints = integer_weights(module)
+    assert low <= ints.min() and ints.max() <= high
+    assert ints.min() == low or ints.max() == high, "the grid's ends are used"
+
+
+def test_mse_scale_clips_tighter_than_minmax(detector):
+    minmax = conv_layers(quantize_weights(detector.model, {"scale": "minmax"}))["model.2.cv1.conv"]
+    mse = conv_layers(quantize_weights(detector.model, {"scale": "mse"}))["model.2.cv1.conv"]
+    assert (mse.quant_weight().scale <= minmax.quant_weight().scale + 1e-12).all()
+    assert (mse.quant_weight().scale < minmax.quant_weight().scale).any()
+
+
+def test_quantize_refuses_a_half_precision_model(detector):
+    import copy
+
+    with pytest.raises(ValueError, match="quantize in FP32"):
+        quantize_weights(copy.deepcopy(detector.model).half(), {})
+
+
+def test_state_dict_round_trip_is_bit_for_bit(detector, seeded_checkpoint, coco_photo, tmp_path):
+    settings = {"weight_bits": 4, "scale": "mse"}
+    model = quantize_weights(detector.model, settings)
+    record = save_quantized(tmp_path / "w4.pt", model, detector, "w4a16", settings)
+    assert record["checkpoint"]["sha256"] == detector.sha256
+    assert record["summary"]["weights_4bit_fraction"] == 1.0
+    rebuilt, _, loaded = load_quantized(tmp_path / "w4.pt", seeded_checkpoint)
+    assert loaded["variant"] == "w4a16" and loaded["settings"] == settings
+    x = torch.from_numpy(coco_photo[0])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_state_dict_refuses_a_different_checkpoint(detector, tmp_path):
+    from yolo_w4.seeded import build_seeded_checkpoint
+
+    save_quantized(tmp_path / "w4.pt", quantize_weights(detector.model, {}), detector, "w4a16", {})
+    other = build_seeded_checkpoint(tmp_path / "other.pt", "yolov10n.yaml", seed=1)
+    with pytest.raises(UserError, match="was made from a checkpoint with sha256"):
+        load_quantized(tmp_path / "w4.pt", other)
