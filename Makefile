@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.txt requirements-workflow.txt pyproject.toml
 
 demo: setup
 	$(SNAKEMAKE) --configfile config/demo.yaml
+	$(SNAKEMAKE) --configfile config/demo.yaml --report results/demo/report.html
+	@echo "deltas table: results/demo/report/deltas.md; report: results/demo/report.html"
 
 test: setup
 	$(BIN)/python -m pytest
@@ -25,4 +27,4 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 clean-demo:
-	rm -rf results/demo results/seeded
+	rm -rf results/demo results/seeded results/ultralytics-assets

@@ -9,10 +9,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/quantize.smk"
 include: "rules/export.smk"
 include: "rules/smoke.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

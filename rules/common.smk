@@ -31,8 +31,17 @@ FP = "fp"  # the baseline's name in smoke/metrics files
 PRECISION = resolve_precision(config["precision"], config["device"])
 SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
 
+ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
+COCO = config["coco"]
+
 if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT):
     fail(f"checkpoint not found: {CHECKPOINT} (set `checkpoint:` in the config or pass --config checkpoint=PATH)")
+if not Path(COCO["annotations"]).is_file():
+    fail(f"annotations not found: {COCO['annotations']} (set `coco.annotations` in the config)")
+if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS:
+    fail(f"COCO images folder not found: {COCO['images']} (set `coco.images` in the config)")
+if COCO["image_ids_list"] and not Path(COCO["image_ids_list"]).is_file():
+    fail(f"image id list not found: {COCO['image_ids_list']} (config key `coco.image_ids_list`)")
 
 
 wildcard_constraints:
@@ -63,9 +72,46 @@ def model_inputs(wildcards):
     return inputs
 
 
+def export_record(variant):
+    return str(Path(onnx_path(variant)).with_suffix(".json"))
+
+
+def metrics_path(variant, kind="metrics"):
+    """kind: metrics (the JSON of numbers) or detections (COCO results list)."""
+    suffix = "" if kind == "metrics" else "-detections"
+    return f"{RUN}/metrics/{MODEL}-{variant}{suffix}.json"
+
+
+def picture_path(variant):
+    return f"{RUN}/report/detections/{MODEL}-{variant}.png"
+
+
+def subset_outputs():
+    return {"ids": f"{RUN}/coco/image_ids.txt", "annotations": f"{RUN}/coco/annotations.json"}
+
+
+REPORT_FILES = {
+    "csv": "deltas.csv",
+    "markdown": "deltas.md",
+    "html": "deltas.html",
+    "rst": "summary.rst",
+    "json": "deltas.json",
+    "map_plot": "map.png",
+    "size_plot": "size_vs_map.png",
+    "latency_plot": "latency.png",
+}
+
+
+def report_path(key):
+    return f"{RUN}/report/{REPORT_FILES[key]}"
+
+
 def all_outputs():
     return [
         *(quantized_path(v) for v in VARIANTS),
         *(onnx_path(v) for v in [FP, *VARIANTS]),
         *(smoke_path(v) for v in [FP, *VARIANTS]),
+        *(metrics_path(v) for v in [FP, *VARIANTS]),
+        *(report_path(key) for key in REPORT_FILES),
+        *(picture_path(v) for v in VARIANTS),
     ]

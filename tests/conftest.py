@@ -14,6 +14,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / "results" / ".ultralytics-te
 THUMIG = ("models", "yolov10n-thumig-layout-seed0.pt")
 FALL_V8S = ("models", "fall-yolov8s-2class-ultralytics.pt")
 VAL_IMAGES = ("coco2017", "source-data", "val2017")
+VAL_ANNOTATIONS = ("coco2017", "source-data", "annotations", "instances_val2017.json")
 
 
 def shared(*parts) -> Path:

@@ -14,7 +14,7 @@ def requirement_pins() -> dict:
             line = line.split("#")[0].strip()
             if line:
                 package, version = line.split("==")
-                pins[package.lower()] = version
+                pins[package.split("[")[0].lower()] = version
     return pins
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, VAL_IMAGES, shared
+from conftest import ROOT, VAL_ANNOTATIONS, VAL_IMAGES, shared
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "1"]
@@ -24,6 +24,18 @@ def snakemake(*args, config: dict | None = None, tmp_path: Path | None = None):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
+def small_config(run_id: str, **overrides) -> dict:
+    """Seeded YOLOv10n on 4 real COCO val2017 images, quick bootstrap and timing."""
+    config = {
+        "run_id": run_id,
+        "checkpoint": "results/seeded/yolov10n-seed0.pt",
+        "coco": {"images": str(shared(*VAL_IMAGES)), "annotations": str(shared(*VAL_ANNOTATIONS)), "max_images": 4},
+        "bootstrap": {"resamples": 50},
+        "latency": {"images": 2, "rounds": 2},
+    }
+    return {**config, **overrides}
+
+
 def error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
@@ -35,12 +47,9 @@ def run(tmp_path_factory):
     run_id = "pytest-workflow"
     shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
     photo = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
-    config = {
-        "run_id": run_id,
-        "checkpoint": "results/seeded/yolov10n-seed0.pt",
-        "smoke": {"image": str(photo), "runs": 3, "warmup": 1},
-        "variants": {"w8a16": {"weight_bits": 8}},
-    }
+    config = small_config(
+        run_id, smoke={"image": str(photo), "runs": 3, "warmup": 1}, variants={"w8a16": {"weight_bits": 8}}
+    )
     result = snakemake(config=config, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     yield ROOT / "results" / run_id, config, tmp_path
@@ -114,7 +123,7 @@ def test_lint_is_clean():
     ],
 )
 def test_bad_config_fails_before_any_job_with_one_line(tmp_path, override, message):
-    config = {"run_id": "pytest-bad-config", "checkpoint": "results/seeded/yolov10n-seed0.pt", **override}
+    config = small_config("pytest-bad-config", **override)
     result = snakemake(config=config, tmp_path=tmp_path)
     assert result.returncode != 0
     assert error_lines(result) == [error_lines(result)[0]] and error_lines(result)[0].startswith(message), result.stderr
@@ -125,7 +134,7 @@ def test_file_that_is_not_a_checkpoint_fails_cleanly(tmp_path):
     bad = tmp_path / "yolov10m.pt"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not a checkpoint")
     run_id = "pytest-bad-checkpoint"
-    result = snakemake(config={"run_id": run_id, "checkpoint": str(bad)}, tmp_path=tmp_path)
+    result = snakemake(config=small_config(run_id, checkpoint=str(bad)), tmp_path=tmp_path)
     try:
         assert result.returncode != 0
         lines = error_lines(result)
@@ -133,5 +142,82 @@ def test_file_that_is_not_a_checkpoint_fails_cleanly(tmp_path):
         outputs = [p for p in (ROOT / "results" / run_id).rglob("*") if ".ultralytics" not in p.parts]
         artifacts = [p for p in outputs if p.suffix in (".pt", ".onnx", ".json")]
         assert artifacts == []
+    finally:
+        shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
+
+
+def test_metrics_json_for_fp_and_every_variant(run):
+    results, config, _ = run
+    ids = (results / "coco" / "image_ids.txt").read_text().split()
+    assert len(ids) == 4 and ids == sorted(ids, key=int)
+    for variant in ("fp", "w4a16", "w8a16"):
+        metrics = json.loads((results / "metrics" / f"yolov10n-seed0-{variant}.json").read_text())
+        assert set(metrics["metrics"]) >= {"mAP50_95", "mAP50", "mAP75", "AR100", "AR_large"}
+        assert len(metrics["metrics"]) == 12
+        assert metrics["images"] == 4 and metrics["head"] == "one2one" and metrics["iou"] is None
+        assert metrics["provider_used"] == "CPUExecutionProvider" and metrics["precision"] == "fp32"
+        assert len(metrics["latency_ms"]["per_image"]) == 4
+        assert metrics["inputs"]["image_ids"]["sha256"] == metrics["image_ids_sha256"]
+        detections = json.loads((results / "metrics" / f"yolov10n-seed0-{variant}-detections.json").read_text())
+        assert {d["image_id"] for d in detections} <= {int(i) for i in ids}
+    w4 = json.loads((results / "metrics" / "yolov10n-seed0-w4a16.json").read_text())
+    assert w4["weights_4bit_fraction"] == 1.0 and w4["weight_bits"] == 4
+
+
+def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path):
+    import csv
+
+    results, config, config_dir = run
+    rows = list(csv.DictReader(open(results / "report" / "deltas.csv")))
+    assert rows[0]["variant"] == "fp"
+    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w8a16"], "a config-added variant is a new row"
+    fp, w4 = rows[0], next(row for row in rows if row["variant"] == "w4a16")
+    assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
+    assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
+    assert all(float(row["size_ratio"]) < 0.35 for row in rows[1:])
+    assert w4["provider"] == "CPUExecutionProvider"
+    page = (results / "report" / "deltas.html").read_text()
+    assert "RANDOM WEIGHTS" in page and f"{float(w4['mAP50_95']):.3f}" in page
+    for name in ("map.png", "size_vs_map.png", "latency.png", "detections/yolov10n-seed0-w4a16.png"):
+        assert (results / "report" / name).stat().st_size > 5000
+    report = results / "report.html"
+    result = snakemake("--report", str(report), config=config, tmp_path=config_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert "Deltas against the FP baseline" in text and f"{float(w4['mAP50_95']):.3f}" in text
+    assert "RANDOM WEIGHTS" in text
+
+
+@pytest.mark.parametrize(
+    ("coco", "message"),
+    [
+        ({"annotations": "missing/instances.json"}, "error: annotations not found: missing/instances.json"),
+        ({"annotations": "README.md"}, "error: README.md is not JSON"),
+        ({"annotations": "config/config.yaml"}, "error: config/config.yaml is not JSON"),
+        ({"image_ids_list": "IDS_UNKNOWN"}, "image ids are not in"),
+        ({"image_ids_list": "IDS_EMPTY"}, "lists no image ids"),
+        ({"images": "IMAGES_PARTIAL"}, "error: image not found: "),
+        ({"max_images": 0}, "error: invalid config at coco.max_images: 0 is less than the minimum of 1"),
+    ],
+)
+def test_bad_coco_input_is_one_line_and_leaves_no_metrics(tmp_path, coco, message):
+    (tmp_path / "unknown.txt").write_text("# not in val2017\n139\n1\n")
+    (tmp_path / "empty.txt").write_text("# nothing here\n\n")
+    partial = tmp_path / "images"
+    partial.mkdir()
+    first = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
+    (partial / first.name).symlink_to(first)
+    aliases = {"IDS_UNKNOWN": str(tmp_path / "unknown.txt"), "IDS_EMPTY": str(tmp_path / "empty.txt"), "IMAGES_PARTIAL": str(partial)}
+    coco = {key: aliases.get(value, value) for key, value in coco.items()}
+    run_id = "pytest-bad-coco"
+    config = small_config(run_id)
+    config["coco"] = {**config["coco"], **coco}
+    try:  # the subset is the first thing every evaluation needs: ask for it alone, to keep this quick
+        result = snakemake(f"results/{run_id}/coco/image_ids.txt", config=config, tmp_path=tmp_path)
+        assert result.returncode != 0
+        lines = error_lines(result)
+        assert lines and message in lines[0], result.stderr[-2000:]
+        assert not list((ROOT / "results" / run_id).glob("metrics/*.json"))
+        assert not (ROOT / "results" / run_id / "coco" / "image_ids.txt").exists()
     finally:
         shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)

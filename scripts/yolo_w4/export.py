@@ -124,9 +124,15 @@ def onnx_summary(path) -> dict:
                 "channels": int(np.size(scale)) if scale is not None else None,
                 "values_min": int(weight.min()),
                 "values_max": int(weight.max()),
+                "weights": int(weight.size),
             }
         )
     counts = collections.Counter(node.op_type for node in graph.node)
+    producers = {out: node for node in graph.node for out in node.output}
+    conv_weights = {node.name: _weight_size(node.input[1], constants, producers) for node in graph.node if node.op_type == "Conv"}
+    # The DFL conv (node /model.N/dfl/conv/Conv) is a fixed projection, never quantized.
+    quantizable = sum(size for name, size in conv_weights.items() if "/dfl/" not in name)
+    four_bit = sum(c["weights"] for c in weight_clips if c["max"] - c["min"] + 1 <= 16)
     return {
         "opset": max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")),
         "nodes": sum(counts.values()),
@@ -135,4 +141,13 @@ def onnx_summary(path) -> dict:
         "outputs": _io_shapes(graph.output),
         "weight_clips": weight_clips,
         "weight_clip_ranges": sorted({(c["min"], c["max"]) for c in weight_clips}),
+        "conv_weights": sum(conv_weights.values()),
+        "weights_4bit_fraction": round(four_bit / quantizable, 6) if quantizable else 0.0,
     }
+
+
+def _weight_size(name, constants, producers) -> int:
+    """Element count of a Conv weight, looking back through Cast / DequantizeLinear / Clip."""
+    while name not in constants and name in producers:
+        name = producers[name].input[0]
+    return int(np.size(constants[name])) if name in constants else 0

@@ -1,0 +1,20 @@
+"""Rule benchmark_latency: every ONNX model timed in one process, interleaved."""
+
+from yolo_w4.eval_steps import latency_step
+from yolo_w4.rule_runner import run_rule
+
+sm = snakemake  # noqa: F821
+run_rule(
+    sm,
+    latency_step,
+    models=dict(zip(sm.params.names, sm.input.onnx)),
+    ids_file=sm.input.ids,
+    annotations=sm.input.annotations,
+    images=sm.input.images,
+    output=sm.output[0],
+    device=sm.params.device,
+    count=sm.params.images_timed,
+    rounds=sm.params.rounds,
+    imgsz=sm.params.imgsz,
+    config=sm.config,
+)

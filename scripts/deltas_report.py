@@ -1,0 +1,20 @@
+"""Rule deltas_report: deltas vs FP with bootstrap intervals, as tables and plots."""
+
+from yolo_w4.eval_steps import report_step
+from yolo_w4.rule_runner import run_rule
+
+sm = snakemake  # noqa: F821
+names = sm.params.names
+run_rule(
+    sm,
+    report_step,
+    metrics=dict(zip(names, sm.input.metrics)),
+    detections=dict(zip(names, sm.input.detections)),
+    exports=dict(zip(names, sm.input.exports)),
+    latency=sm.input.latency,
+    annotations=sm.input.annotations,
+    outputs=dict(sm.output.items()),
+    resamples=sm.params.resamples,
+    seed=sm.params.seed,
+    config=sm.config,
+)

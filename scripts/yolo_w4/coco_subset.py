@@ -1,0 +1,101 @@
+"""The fixed COCO subset every variant is scored on: ids, their annotations, their images.
+
+Ids come from `coco.max_images` (first N ids in sorted order) or `coco.image_ids_list`
+(one id a line, `#` comments). The subset is written once and its sha256 goes into every
+metrics JSON, so two numbers are only ever compared on the same images.
+"""
+
+import json
+from pathlib import Path
+
+from yolo_w4.errors import UserError
+from yolo_w4.files import atomic_path, write_json
+
+COCO_KEYS = ("images", "annotations", "categories")
+
+
+def load_coco(path) -> dict:
+    """A COCO detection annotation file, checked for the keys evaluation needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"annotations not found: {path} (set `coco.annotations` in the config)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not JSON ({type(error).__name__}: {error}); point `coco.annotations` at instances_*.json") from error
+    missing = [key for key in COCO_KEYS if not isinstance(data, dict) or not isinstance(data.get(key), list)]
+    if missing:
+        raise UserError(f"{path} is not a COCO detection annotation file (no {', '.join(missing)} list)")
+    return data
+
+
+def read_id_list(path) -> list[int]:
+    """Image ids from a text file: one per line, blank lines and `#` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image id list not found: {path} (config key `coco.image_ids_list`)")
+    ids = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise UserError(f"{path}:{number}: {text!r} is not an image id (one integer per line, # for comments)")
+        ids.append(int(text))
+    if not ids:
+        raise UserError(f"{path} lists no image ids (one integer per line, # for comments)")
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path} lists some image ids more than once")
+    return ids
+
+
+def select_image_ids(coco: dict, max_images: int, id_list=None, annotations_path="annotations") -> list[int]:
+    """The subset's ids, in sorted order."""
+    known = sorted(image["id"] for image in coco["images"])
+    if id_list:
+        wanted = read_id_list(id_list)
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            shown = ", ".join(map(str, unknown[:5])) + (" …" if len(unknown) > 5 else "")
+            raise UserError(f"{id_list}: {len(unknown)} image ids are not in {annotations_path} ({shown})")
+        return sorted(wanted)
+    if max_images < 1:
+        raise UserError(f"coco.max_images must be at least 1, got {max_images}")
+    if not known:
+        raise UserError(f"{annotations_path} has no images")
+    return known[:max_images]
+
+
+def subset(coco: dict, image_ids: list[int]) -> dict:
+    """The annotation file restricted to `image_ids` (all categories kept)."""
+    keep = set(image_ids)
+    return {
+        "info": coco.get("info", {}),
+        "licenses": coco.get("licenses", []),
+        "images": sorted((i for i in coco["images"] if i["id"] in keep), key=lambda i: i["id"]),
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+        "categories": coco["categories"],
+    }
+
+
+def check_images_exist(coco_subset: dict, images_dir) -> None:
+    for image in coco_subset["images"]:
+        path = Path(images_dir) / image["file_name"]
+        if not path.is_file():
+            raise UserError(f"image not found: {path} (image id {image['id']}; check `coco.images`)")
+
+
+def write_subset(annotations, images_dir, ids_out, annotations_out, max_images=100, id_list=None) -> dict:
+    """Select, check and write the subset; return a short description."""
+    coco = load_coco(annotations)
+    ids = select_image_ids(coco, max_images, id_list, annotations)
+    part = subset(coco, ids)
+    check_images_exist(part, images_dir)
+    with atomic_path(ids_out) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in ids))
+    write_json(annotations_out, part)
+    return {"images": len(ids), "annotations": len(part["annotations"]), "categories": len(part["categories"])}
+
+
+def read_ids(path) -> list[int]:
+    return [int(line) for line in Path(path).read_text().split()]

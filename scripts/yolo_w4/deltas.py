@@ -1,0 +1,79 @@
+"""Every variant's numbers next to the FP baseline's: deltas, % retained, size, speed."""
+
+from yolo_w4.evaluate import METRIC_NAMES
+
+FP = "fp"
+
+
+def retained_pct(value, baseline):
+    """value as % of baseline; None where the baseline is 0 or missing (nothing to retain)."""
+    if value is None or not baseline:
+        return None
+    return round(100.0 * value / baseline, 2)
+
+
+def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> list[dict]:
+    """One row per model (FP first): metrics, deltas vs FP, bootstrap interval, size, latency.
+
+    metrics: {variant: metrics JSON}; intervals: {variant: paired bootstrap of the mAP50-95
+    delta}; exports: {variant: ONNX export record}; latency: interleaved benchmark JSON.
+    """
+    base = metrics[FP]["metrics"]
+    base_bytes = exports[FP]["bytes"]
+    timing = latency["models"]
+    rows = []
+    for variant, record in metrics.items():
+        values = record["metrics"]
+        row = {
+            "variant": variant,
+            "weight_bits": record.get("weight_bits"),
+            "weights_4bit_fraction": record.get("weights_4bit_fraction"),
+            "images": record["images"],
+        }
+        for name in METRIC_NAMES:
+            row[name] = values[name]
+        for name in METRIC_NAMES:
+            both = values[name] is not None and base[name] is not None
+            row[f"delta_{name}"] = round(values[name] - base[name], 6) if both else None
+            row[f"retained_pct_{name}"] = retained_pct(values[name], base[name])
+        interval = intervals.get(variant)
+        row["delta_mAP50_95_ci_low"] = interval["low"] if interval else None
+        row["delta_mAP50_95_ci_high"] = interval["high"] if interval else None
+        row["onnx_bytes"] = exports[variant]["bytes"]
+        row["size_ratio"] = round(exports[variant]["bytes"] / base_bytes, 4)
+        row["latency_median_ms"] = timing[variant]["median_ms"]
+        row["latency_p90_ms"] = timing[variant]["p90_ms"]
+        row["latency_ratio"] = timing[variant]["ratio_to_baseline"]
+        row["provider"] = timing[variant]["provider_used"]
+        row["precision"] = record["precision"]
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, digits=3, suffix=""):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+SUMMARY_COLUMNS = (
+    ("model", lambda r: r["variant"]),
+    ("4-bit weights", lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%"),
+    ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
+    ("mAP50", lambda r: _fmt(r["mAP50"])),
+    ("Δ mAP50-95", lambda r: _fmt(r["delta_mAP50_95"], 4) if r["variant"] != FP else "—"),
+    ("95% CI of Δ", lambda r: f"[{_fmt(r['delta_mAP50_95_ci_low'], 4)}, {_fmt(r['delta_mAP50_95_ci_high'], 4)}]" if r["variant"] != FP else "—"),
+    ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
+    ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),
+    ("size vs FP", lambda r: _fmt(r["size_ratio"], 3, "×")),
+    ("latency ms (median)", lambda r: _fmt(r["latency_median_ms"], 2)),
+    ("latency vs FP", lambda r: _fmt(r["latency_ratio"], 3, "×")),
+    ("provider", lambda r: f"{r['provider'].removesuffix('ExecutionProvider')} {r['precision']}"),
+)
+
+
+def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = [name for name, _ in SUMMARY_COLUMNS]
+    return header, [[cell(row) for _, cell in SUMMARY_COLUMNS] for row in rows]

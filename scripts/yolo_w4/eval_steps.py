@@ -1,0 +1,179 @@
+"""The evaluation and report steps: COCO subset, scoring, latency, deltas, pictures.
+
+Like `steps.py`, each reads inputs, calls the library, writes outputs; these need only
+ONNX Runtime, pycocotools, OpenCV and matplotlib (no PyTorch), so they run in the small
+`onnxruntime` and `report` envs.
+"""
+
+import json
+from pathlib import Path
+
+from yolo_w4.errors import UserError
+from yolo_w4.files import write_json
+from yolo_w4.provenance import input_record, sha256, utc_now, versions
+
+FP = "fp"
+
+
+def _load_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def subset_step(annotations, images, ids_out, annotations_out, max_images=100, image_ids_list=None) -> dict:
+    """The fixed image subset every model is scored on."""
+    from yolo_w4.coco_subset import write_subset
+
+    described = write_subset(annotations, images, ids_out, annotations_out, max_images, image_ids_list)
+    print(f"subset: {described}")
+    return described
+
+
+def evaluate_step(
+    onnx_path,
+    annotations,
+    ids_file,
+    images,
+    metrics_out,
+    detections_out,
+    variant: str,
+    head="one2one",
+    imgsz=640,
+    device="auto",
+    precision="fp32",
+    conf=0.001,
+    iou=0.7,
+    max_det=300,
+    export_record=None,
+    config=None,
+) -> dict:
+    """ONNX model (+ its export record) -> COCO detections JSON + metrics JSON on the subset."""
+    from yolo_w4.coco_subset import load_coco, read_ids
+    from yolo_w4.evaluate import category_ids, predict_images, score, to_coco_results
+    from yolo_w4.runtime import create_session, latency_stats
+
+    coco = load_coco(annotations)
+    ids = read_ids(ids_file)
+    files = {image["id"]: Path(images) / image["file_name"] for image in coco["images"]}
+    exported = json.loads(Path(export_record).read_text())
+    session, providers = create_session(onnx_path, device)
+    cat_ids = category_ids(coco, exported["checkpoint"]["classes"])
+    detections, latencies = predict_images(session, [files[i] for i in ids], head, imgsz, conf, iou, max_det)
+    results = to_coco_results(ids, detections, cat_ids)
+    metrics = score(coco, results, ids)
+    record = {
+        "variant": variant,
+        "metrics": metrics,
+        "images": len(ids),
+        "detections": len(results),
+        "image_ids_sha256": sha256(ids_file),
+        "head": head,
+        "conf": conf,
+        "iou": iou if head == "one2many" else None,
+        "max_det": max_det,
+        "nms": "class-aware" if head == "one2many" else "none (one-to-one head)",
+        **providers,
+        "precision": precision,
+        "latency_ms": {**latency_stats(latencies), "per_image": [round(t, 3) for t in latencies], "excludes": "preprocessing and decoding"},
+        "weights_4bit_fraction": exported.get("weights_4bit_fraction"),
+        "weight_bits": (exported.get("settings") or {}).get("weight_bits"),
+        "random_weights": (exported.get("checkpoint") or {}).get("random_weights"),
+        "inputs": input_record({"onnx": onnx_path, "annotations": annotations, "image_ids": ids_file}),
+        "config": config,
+        "versions": versions(),
+        "created": utc_now(),
+    }
+    write_json(detections_out, results)
+    write_json(metrics_out, record)
+    print(f"{variant}: mAP50-95 {metrics['mAP50_95']}, mAP50 {metrics['mAP50']} on {len(ids)} images")
+    return record
+
+
+def latency_step(models: dict, ids_file, annotations, images, output, device="auto", count=5, rounds=10, imgsz=640, config=None) -> dict:
+    """Interleaved latency of every ONNX model on the first `count` subset images."""
+    from yolo_w4.coco_subset import load_coco, read_ids
+    from yolo_w4.latency import interleaved_latency
+
+    coco = load_coco(annotations)
+    files = {image["id"]: Path(images) / image["file_name"] for image in coco["images"]}
+    chosen = [files[i] for i in read_ids(ids_file)[:count]]
+    result = interleaved_latency(models, chosen, device, rounds, imgsz=imgsz)
+    result.update({"inputs": input_record(models), "config": config, "versions": versions(), "created": utc_now()})
+    write_json(output, result)
+    for name, timing in result["models"].items():
+        print(f"{name}: median {timing['median_ms']} ms ({timing['ratio_to_baseline']}x FP) on {timing['provider_used']}")
+    return result
+
+
+def report_step(metrics: dict, detections: dict, exports: dict, latency, annotations, outputs: dict, resamples=1000, seed=0, config=None) -> list[dict]:
+    """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots."""
+    from yolo_w4 import plots, report
+    from yolo_w4.bootstrap import paired_bootstrap
+    from yolo_w4.coco_subset import load_coco
+    from yolo_w4.deltas import delta_rows
+    from yolo_w4.evaluate import coco_eval, coco_ground_truth
+
+    metrics = {name: _load_json(path) for name, path in metrics.items()}
+    exports = {name: _load_json(path) for name, path in exports.items()}
+    latency = _load_json(latency)
+    ids = metrics[FP]["image_ids_sha256"]
+    for name, record in metrics.items():
+        if record["image_ids_sha256"] != ids:
+            raise UserError(f"{name} was scored on other images than fp (image_ids sha256 differs); re-run the workflow")
+    gt = coco_ground_truth(load_coco(annotations))
+    image_ids = sorted(gt.getImgIds())
+    evaluators = {name: coco_eval(gt, _load_json(path), image_ids) for name, path in detections.items()}
+    intervals = {
+        name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed)
+        for name in metrics
+        if name != FP
+    }
+    rows = delta_rows(metrics, intervals, exports, latency)
+    notes = report_notes(metrics, latency, resamples)
+    title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
+    report.write_csv(outputs["csv"], rows)
+    report.write_text(outputs["markdown"], report.markdown(rows, notes))
+    report.write_text(outputs["html"], report.html_page(rows, notes, title))
+    report.write_text(outputs["rst"], report.rst_fragment(rows, notes))
+    write_json(outputs["json"], {"rows": rows, "bootstrap": intervals, "notes": notes, "config": config, "versions": versions(), "created": utc_now()})
+    plots.plot_map(rows, outputs["map_plot"])
+    plots.plot_size_vs_map(rows, outputs["size_plot"])
+    plots.plot_latency(rows, outputs["latency_plot"])
+    print(report.markdown(rows, notes))
+    return rows
+
+
+def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
+    base = metrics[FP]
+    notes = []
+    if any(record.get("random_weights") for record in metrics.values()):
+        notes.append(
+            "DEMO MODEL WITH RANDOM WEIGHTS: these metrics show the workflow's mechanics, not accuracy."
+        )
+    notes.append(
+        f"COCO subset of {base['images']} images (image_ids sha256 {base['image_ids_sha256'][:12]}…), "
+        f"head {base['head']}, conf {base['conf']}" + (f", NMS IoU {base['iou']}" if base["iou"] else "") + "."
+    )
+    notes.append(f"Δ = variant − FP; 95% CI: paired bootstrap over images, {resamples} resamples.")
+    notes.append(
+        f"Latency: {latency['method']}; {len(latency['images'])} images x {latency['rounds']} rounds, "
+        f"batch 1, model only (no pre/post-processing)."
+    )
+    return notes
+
+
+def draw_step(image_dir, annotations, fp_detections, detections, variant, output, conf=0.25, image_id=None) -> int:
+    """Side-by-side picture of FP vs `variant` boxes on one subset image."""
+    from yolo_w4.coco_subset import load_coco
+    from yolo_w4.draw import draw_side_by_side
+
+    coco = load_coco(annotations)
+    if image_id is None:  # the subset image with the most annotated objects
+        counts = {}
+        for annotation in coco["annotations"]:
+            counts[annotation["image_id"]] = counts.get(annotation["image_id"], 0) + 1
+        image_id = max(sorted(counts), key=counts.get) if counts else coco["images"][0]["id"]
+    image = next(i for i in coco["images"] if i["id"] == image_id)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    return draw_side_by_side(
+        Path(image_dir) / image["file_name"], image_id, _load_json(fp_detections), _load_json(detections), variant, names, output, conf
+    )

@@ -1,0 +1,103 @@
+"""Score an ONNX detector on the COCO subset with pycocotools, in ONNX Runtime.
+
+Preprocessing is Ultralytics' (640 letterbox, gray 114, RGB, /255); boxes are mapped back
+to each original image. Class index i is the i-th category of the annotation file in id
+order (COCO: 80 categories with ids 1..90).
+"""
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from yolo_w4.errors import UserError
+
+METRIC_NAMES = (
+    "mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)  # fmt: skip
+
+
+def category_ids(coco: dict, classes: int) -> list[int]:
+    """Category id of each class index; the model and the annotations must agree on the count."""
+    ids = sorted(category["id"] for category in coco["categories"])
+    if len(ids) != classes:
+        raise UserError(
+            f"the model predicts {classes} classes but the annotations have {len(ids)} categories; "
+            "evaluate with annotations for the classes the model was trained on"
+        )
+    return ids
+
+
+def predict_images(session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int):
+    """Detections per image and the model-only latency (ms) of each, with a progress bar."""
+    from tqdm import tqdm
+
+    from yolo_w4.decode import decode
+    from yolo_w4.preprocess import load_input
+    from yolo_w4.runtime import input_feed, time_runs
+
+    detections, latencies = [], []
+    for path in tqdm(images, desc="images", unit="img", mininterval=2.0):
+        tensor, mapping = load_input(path, imgsz)
+        feed = input_feed(session, tensor)
+        outputs = []
+        timing = time_runs(lambda: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0)
+        latencies.append(timing["median_ms"])
+        detections.append(decode(outputs[-1], head, mapping, conf=conf, iou=iou, max_det=max_det))
+    return detections, latencies
+
+
+def to_coco_results(image_ids, detections, cat_ids) -> list[dict]:
+    """COCO results format: xywh boxes in original pixels, category ids, scores."""
+    results = []
+    for image_id, found in zip(image_ids, detections):
+        for box, score, cls in zip(found.boxes, found.scores, found.classes):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(cat_ids[int(cls)]),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(score), 5),
+                }
+            )
+    return results
+
+
+def coco_ground_truth(coco: dict):
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = coco
+        gt.createIndex()
+    return gt
+
+
+def coco_eval(gt, results: list[dict], image_ids):
+    """A COCOeval with evaluate() done (per image), restricted to `image_ids`."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            detections = gt.loadRes(results)
+        else:  # pycocotools cannot load an empty result list
+            detections = coco_ground_truth({**gt.dataset, "annotations": []})
+        evaluator = COCOeval(gt, detections, "bbox")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+    return evaluator
+
+
+def summarize(evaluator) -> dict:
+    """The 12 standard COCO numbers by name; None where the subset has no such objects (COCO's -1)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: round(float(v), 6) if v >= 0 else None for name, v in zip(METRIC_NAMES, evaluator.stats)}
+
+
+def score(coco: dict, results: list[dict], image_ids) -> dict:
+    return summarize(coco_eval(coco_ground_truth(coco), results, image_ids))

@@ -1,0 +1,58 @@
+"""The report's figures: mAP with bootstrap intervals, size vs mAP, latency."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from yolo_w4.files import atomic_path  # noqa: E402
+
+
+def _save(figure, path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_map(rows: list[dict], path) -> None:
+    """Left: mAP50-95 per model. Right: Δ vs FP with the paired-bootstrap 95% interval."""
+    names = [r["variant"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.bar(names, [r["mAP50_95"] or 0 for r in rows], color=["#777"] + ["#3a7"] * (len(rows) - 1))
+    left.set_ylabel("mAP50-95")
+    left.set_title("COCO subset mAP50-95")
+    variants = [r for r in rows if r["variant"] != "fp"]
+    deltas = [r["delta_mAP50_95"] or 0 for r in variants]
+    errors = [
+        [d - (r["delta_mAP50_95_ci_low"] or d) for d, r in zip(deltas, variants)],
+        [(r["delta_mAP50_95_ci_high"] or d) - d for d, r in zip(deltas, variants)],
+    ]
+    right.bar([r["variant"] for r in variants], deltas, yerr=errors, capsize=6, color="#37a")
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_ylabel("Δ mAP50-95 vs FP")
+    right.set_title("Delta with paired bootstrap 95% CI")
+    _save(figure, path)
+
+
+def plot_size_vs_map(rows: list[dict], path) -> None:
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for row in rows:
+        size = row["onnx_bytes"] / 1e6
+        axis.scatter(size, row["mAP50_95"] or 0, s=50)
+        axis.annotate(row["variant"], (size, row["mAP50_95"] or 0), textcoords="offset points", xytext=(6, 4))
+    axis.set_xlabel("ONNX file size (MB)")
+    axis.set_ylabel("mAP50-95")
+    axis.set_title("Size vs accuracy")
+    _save(figure, path)
+
+
+def plot_latency(rows: list[dict], path) -> None:
+    names = [r["variant"] for r in rows]
+    medians = [r["latency_median_ms"] for r in rows]
+    spread = [[0] * len(rows), [r["latency_p90_ms"] - r["latency_median_ms"] for r in rows]]
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    axis.bar(names, medians, yerr=spread, capsize=6, color="#a73")
+    provider = rows[0]["provider"].removesuffix("ExecutionProvider")
+    axis.set_ylabel("ms per image (median, whisker p90)")
+    axis.set_title(f"ONNX Runtime latency ({provider}, interleaved)")
+    _save(figure, path)

@@ -1,0 +1,140 @@
+"""COCO scoring: our preprocessing/decoding against Ultralytics' predictor, COCOeval sanity, bootstrap."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FALL_V8S, THUMIG, VAL_ANNOTATIONS, VAL_IMAGES, shared
+from yolo_w4.bootstrap import map50_95, paired_bootstrap, resampled_map
+from yolo_w4.checkpoint import load_detector
+from yolo_w4.coco_subset import load_coco, read_id_list, select_image_ids, subset
+from yolo_w4.decode import decode
+from yolo_w4.errors import UserError
+from yolo_w4.evaluate import coco_eval, coco_ground_truth, score
+from yolo_w4.export import export_fp
+from yolo_w4.preprocess import load_input
+from yolo_w4.runtime import create_session, input_feed
+
+
+@pytest.fixture(scope="module")
+def val_subset():
+    coco = load_coco(shared(*VAL_ANNOTATIONS))
+    ids = select_image_ids(coco, 12)
+    return subset(coco, ids), ids
+
+
+def ground_truth_as_detections(coco):
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in coco["annotations"]
+        if not a.get("iscrowd")
+    ]
+
+
+def test_ground_truth_scores_one_and_nothing_scores_zero(val_subset):
+    coco, ids = val_subset
+    perfect = score(coco, ground_truth_as_detections(coco), ids)
+    assert perfect["mAP50_95"] == pytest.approx(1.0) and perfect["mAP50"] == pytest.approx(1.0)
+    assert perfect["AR100"] == pytest.approx(1.0)
+    empty = score(coco, [], ids)
+    assert empty["mAP50_95"] == 0.0 and empty["AR100"] == 0.0
+
+
+def test_half_the_boxes_lowers_recall(val_subset):
+    coco, ids = val_subset
+    half = ground_truth_as_detections(coco)[::2]
+    result = score(coco, half, ids)
+    assert 0.2 < result["AR100"] < 0.8 and result["mAP50_95"] < 1.0
+
+
+def ultralytics_boxes(checkpoint, image, conf, **kwargs):
+    from ultralytics import YOLO
+
+    # rect=False: the square 640 letterbox Ultralytics also feeds a static-shape ONNX model
+    model = YOLO(str(checkpoint))
+    result = model.predict(str(image), conf=conf, imgsz=640, rect=False, device="cpu", verbose=False, **kwargs)[0]
+    return result.boxes.xyxy.numpy(), result.boxes.conf.numpy(), result.boxes.cls.numpy().astype(int)
+
+
+def our_boxes(onnx_path, image, head, conf):
+    session, _ = create_session(onnx_path, "cpu")
+    tensor, mapping = load_input(image)
+    output = session.run(None, input_feed(session, tensor))[0]
+    found = decode(output, head, mapping, conf=conf, iou=0.7, max_det=300)
+    return found.boxes, found.scores, found.classes
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "head", "conf", "predict_args"),
+    [(FALL_V8S, "one2many", 0.25, {"iou": 0.7}), (THUMIG, "one2one", 0.1, {"nms": False})],
+    ids=["yolov8s-nms", "yolov10n-nms-free"],
+)
+def test_our_pipeline_gives_ultralytics_predictor_boxes(tmp_path, checkpoint, head, conf, predict_args):
+    path = shared(*checkpoint)
+    export_fp(load_detector(path, head).model, tmp_path / "fp.onnx")
+    images = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[:6]
+    compared = 0
+    for image in images:
+        theirs = ultralytics_boxes(path, image, conf, **predict_args)
+        ours = our_boxes(tmp_path / "fp.onnx", image, head, conf)
+        assert len(ours[0]) == len(theirs[0]), image.name
+        for box, box_score, cls in zip(*theirs):
+            # NMS-free heads may give one box several classes: match within the same class
+            distance = np.where(ours[2] == cls, np.abs(ours[0] - box).max(axis=1), np.inf)
+            best = int((distance + 100 * np.abs(ours[1] - box_score)).argmin())
+            assert distance[best] <= 1.0, (image.name, box, ours[0][best])
+            assert abs(ours[1][best] - box_score) < 1e-3
+            compared += 1
+    assert compared >= 5, "the comparison must cover real detections"
+
+
+def test_bootstrap_of_a_model_against_itself_is_zero(val_subset):
+    coco, ids = val_subset
+    gt = coco_ground_truth(coco)
+    detections = ground_truth_as_detections(coco)[::2]
+    a, b = coco_eval(gt, detections, ids), coco_eval(gt, detections, ids)
+    interval = paired_bootstrap(a, b, resamples=30, seed=1)
+    assert interval["low"] == interval["high"] == 0.0 and interval["images"] == len(ids)
+
+
+def test_resampling_all_images_once_reproduces_the_full_map(val_subset):
+    coco, ids = val_subset
+    gt = coco_ground_truth(coco)
+    detections = ground_truth_as_detections(coco)[1::3]
+    evaluator = coco_eval(gt, detections, ids)
+    full = score(coco, detections, ids)["mAP50_95"]
+    assert resampled_map(evaluator, np.arange(len(ids))) == pytest.approx(full, abs=1e-6)
+    evaluator.accumulate()
+    assert map50_95(evaluator) == pytest.approx(full, abs=1e-6)
+
+
+def test_bootstrap_is_seeded_and_brackets_a_real_difference(val_subset):
+    coco, ids = val_subset
+    gt = coco_ground_truth(coco)
+    everything = ground_truth_as_detections(coco)
+    good, worse = coco_eval(gt, everything, ids), coco_eval(gt, everything[::2], ids)
+    first = paired_bootstrap(good, worse, resamples=40, seed=3)
+    assert first == paired_bootstrap(good, worse, resamples=40, seed=3)
+    assert first["high"] < 0, "dropping half the boxes must lower mAP on every resample"
+
+
+def test_id_list_with_comments(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("# chosen images\n139  # a kitchen\n\n285\n")
+    assert read_id_list(path) == [139, 285]
+    path.write_text("139\nabc\n")
+    with pytest.raises(UserError, match=r"ids.txt:2: 'abc' is not an image id"):
+        read_id_list(path)
+
+
+def test_first_n_ids_in_sorted_order():
+    coco = {"images": [{"id": 9}, {"id": 2}, {"id": 5}], "annotations": [], "categories": []}
+    assert select_image_ids(coco, 2) == [2, 5]
+
+
+def test_not_coco_json(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([1, 2, 3]))
+    with pytest.raises(UserError, match="is not a COCO detection annotation file"):
+        load_coco(path)
