@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test lint accuracy clean-demo
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The proxy accuracy benchmark on ../shared/data: prints the deltas table, writes
+# results/accuracy-yolov5n/report/deltas.{md,csv,json}.
+accuracy: setup
+	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml
+	@cat results/accuracy-yolov5n/report/deltas.md
 
 lint: setup
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from yolo_w4.config import validate_config  # noqa: E402
+from yolo_w4.config import needs_calibration, validate_config  # noqa: E402
 from yolo_w4.errors import UserError  # noqa: E402
 from yolo_w4.runtime import resolve_precision  # noqa: E402
 
@@ -43,6 +43,22 @@ if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS:
 if COCO["image_ids_list"] and not Path(COCO["image_ids_list"]).is_file():
     fail(f"image id list not found: {COCO['image_ids_list']} (config key `coco.image_ids_list`)")
 
+CALIBRATION = config["calibration"]
+
+
+CALIBRATED = [v for v in VARIANTS if needs_calibration(config["variants"][v])]
+MIXED = [v for v in VARIANTS if config["variants"][v]["mixed"]]
+for variant in CALIBRATED:
+    if config["variants"][variant]["method"] == "gptq" and not config["variants"][variant]["symmetric"]:
+        fail(f"variant {variant}: method gptq needs symmetric: true (its grid has no zero point)")
+if CALIBRATED and not Path(CALIBRATION["annotations"]).is_file():
+    fail(
+        f"calibration annotations not found: {CALIBRATION['annotations']} (needed by {', '.join(CALIBRATED)}; "
+        "set `calibration.annotations`)"
+    )
+if CALIBRATED and not Path(CALIBRATION["images"]).is_dir():
+    fail(f"calibration images folder not found: {CALIBRATION['images']} (set `calibration.images`)")
+
 
 wildcard_constraints:
     model=re.escape(MODEL),
@@ -62,6 +78,28 @@ def onnx_path(variant):
 
 def smoke_path(variant):
     return f"{RUN}/smoke/{MODEL}-{variant}.json"
+
+
+def calibration_ids():
+    return f"{RUN}/calibration/image_ids.txt"
+
+
+def sensitivity_path():
+    return f"{RUN}/sensitivity/{MODEL}.csv"
+
+
+def quantize_inputs(wildcards):
+    """The checkpoint; calibration images for calibrated variants; the ranking for mixed ones."""
+    inputs = {"checkpoint": CHECKPOINT}
+    if wildcards.variant in CALIBRATED:
+        inputs.update(
+            calibration_ids=calibration_ids(),
+            calibration_annotations=CALIBRATION["annotations"],
+            calibration_images=CALIBRATION["images"],
+        )
+    if wildcards.variant in MIXED:
+        inputs["sensitivity"] = sensitivity_path()
+    return inputs
 
 
 def model_inputs(wildcards):
@@ -114,4 +152,5 @@ def all_outputs():
         *(metrics_path(v) for v in [FP, *VARIANTS]),
         *(report_path(key) for key in REPORT_FILES),
         *(picture_path(v) for v in VARIANTS),
+        *([sensitivity_path()] if CALIBRATED else []),
     ]

@@ -44,6 +44,7 @@ rule evaluate_coco:
         conf=config["eval"]["conf"],
         iou=config["eval"]["iou"],
         max_det=config["eval"]["max_det"],
+        multi_label=config["eval"]["multi_label"],
     log:
         f"{RUN}/logs/evaluate_coco/{{model}}-{{variant}}.log",
     benchmark:

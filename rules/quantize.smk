@@ -16,15 +16,59 @@ rule seeded_checkpoint:
         "../scripts/seeded_checkpoint.py"
 
 
-rule quantize_weights:
+rule calibration_subset:
+    # Calibration image ids; refused if any is also an evaluation image.
+    input:
+        annotations=CALIBRATION["annotations"],
+        images=CALIBRATION["images"],
+        eval_ids=subset_outputs()["ids"],
+        id_list=CALIBRATION["image_ids_list"] or [],
+    output:
+        calibration_ids(),
+    params:
+        max_images=CALIBRATION["max_images"],
+    log:
+        f"{RUN}/logs/calibration_subset.log",
+    conda:
+        "../envs/onnxruntime.yaml"
+    script:
+        "../scripts/calibration_subset.py"
+
+
+rule layer_sensitivity:
+    # Label-free ranking: output SQNR with one conv at 4 bits, every other FP.
     input:
         checkpoint=CHECKPOINT,
+        calibration_ids=calibration_ids(),
+        calibration_annotations=CALIBRATION["annotations"],
+        calibration_images=CALIBRATION["images"],
+    output:
+        table=report(sensitivity_path(), caption="report/sensitivity.rst", category="4. Sensitivity", labels={"item": "table (CSV)"}),
+        plot=report(f"{RUN}/sensitivity/{MODEL}.png", caption="report/sensitivity.rst", category="4. Sensitivity", labels={"item": "plot"}),
+    params:
+        head=config["head"],
+        imgsz=config["imgsz"],
+        images_used=CALIBRATION["sensitivity_images"],
+    log:
+        f"{RUN}/logs/layer_sensitivity/{MODEL}.log",
+    benchmark:
+        f"{RUN}/benchmarks/layer_sensitivity/{MODEL}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/layer_sensitivity.py"
+
+
+rule quantize_weights:
+    input:
+        unpack(quantize_inputs),
     output:
         f"{RUN}/quantized/{{model}}-{{variant}}-ptq.pt",
     params:
         settings=lambda wc: config["variants"][wc.variant],
         head=config["head"],
         imgsz=config["imgsz"],
+        calibration_images=CALIBRATION["max_images"],
     log:
         f"{RUN}/logs/quantize_weights/{{model}}-{{variant}}.log",
     benchmark:

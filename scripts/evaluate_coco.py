@@ -21,6 +21,7 @@ run_rule(
     conf=sm.params.conf,
     iou=sm.params.iou,
     max_det=sm.params.max_det,
+    multi_label=sm.params.multi_label,
     export_record=sm.input.record,
     config=sm.config,
 )

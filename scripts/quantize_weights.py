@@ -13,4 +13,13 @@ run_rule(
     settings=dict(sm.params.settings),
     head=sm.params.head,
     imgsz=sm.params.imgsz,
+    calibration={
+        "ids": sm.input.calibration_ids,
+        "annotations": sm.input.calibration_annotations,
+        "images": sm.input.calibration_images,
+        "limit": sm.params.calibration_images,
+    }
+    if "calibration_ids" in sm.input.keys()
+    else None,
+    sensitivity=sm.input.get("sensitivity"),
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FALL_V8S, THUMIG, VAL_ANNOTATIONS, VAL_IMAGES, shared
-from yolo_w4.bootstrap import map50_95, paired_bootstrap, resampled_map
+from yolo_w4.bootstrap import PooledCurves, paired_bootstrap
 from yolo_w4.checkpoint import load_detector
 from yolo_w4.coco_subset import load_coco, read_id_list, select_image_ids, subset
 from yolo_w4.decode import decode
@@ -98,15 +98,29 @@ def test_bootstrap_of_a_model_against_itself_is_zero(val_subset):
     assert interval["low"] == interval["high"] == 0.0 and interval["images"] == len(ids)
 
 
-def test_resampling_all_images_once_reproduces_the_full_map(val_subset):
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_pooled_curves_reproduce_pycocotools(val_subset, step):
     coco, ids = val_subset
     gt = coco_ground_truth(coco)
-    detections = ground_truth_as_detections(coco)[1::3]
-    evaluator = coco_eval(gt, detections, ids)
-    full = score(coco, detections, ids)["mAP50_95"]
-    assert resampled_map(evaluator, np.arange(len(ids))) == pytest.approx(full, abs=1e-6)
-    evaluator.accumulate()
-    assert map50_95(evaluator) == pytest.approx(full, abs=1e-6)
+    detections = ground_truth_as_detections(coco)[::step]
+    for d, jitter in zip(detections, np.linspace(0, 9, len(detections))):  # imperfect boxes, varied scores
+        d["bbox"] = [d["bbox"][0] + jitter, d["bbox"][1], d["bbox"][2], d["bbox"][3] + jitter / 2]
+        d["score"] = 1.0 / (1.0 + jitter)
+    curves = PooledCurves(coco_eval(gt, detections, ids))
+    assert curves.map50_95() == pytest.approx(score(coco, detections, ids)["mAP50_95"], abs=1e-6)
+    # An image counted twice weighs like two copies of it: compare with a COCO set holding the copy.
+    twice = np.ones(len(ids))
+    twice[0] = 2
+    copy_id = max(ids) + 1
+    image = next(i for i in coco["images"] if i["id"] == ids[0])
+    doubled = {
+        **coco,
+        "images": coco["images"] + [{**image, "id": copy_id}],
+        "annotations": coco["annotations"] + [{**a, "id": 10**9 + n, "image_id": copy_id} for n, a in enumerate(coco["annotations"]) if a["image_id"] == ids[0]],
+    }
+    copies = detections + [{**d, "image_id": copy_id} for d in detections if d["image_id"] == ids[0]]
+    expected = score(doubled, copies, ids + [copy_id])["mAP50_95"]
+    assert curves.map50_95(twice) == pytest.approx(expected, abs=2e-3)
 
 
 def test_bootstrap_is_seeded_and_brackets_a_real_difference(val_subset):

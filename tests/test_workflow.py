@@ -11,6 +11,9 @@ import yaml
 
 from conftest import ROOT, VAL_ANNOTATIONS, VAL_IMAGES, shared
 
+TRAIN_IMAGES = ("coco2017", "source-data", "train2017")
+TRAIN_ANNOTATIONS = ("coco2017", "source-data", "annotations", "instances_train2017.json")
+
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "1"]
 
@@ -47,8 +50,17 @@ def run(tmp_path_factory):
     run_id = "pytest-workflow"
     shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
     photo = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
+    calibrated = {"method": "gptq", "scale": "output", "bias_correction": "empirical", "mixed": {"min_4bit_fraction": 0.9}}
     config = small_config(
-        run_id, smoke={"image": str(photo), "runs": 3, "warmup": 1}, variants={"w8a16": {"weight_bits": 8}}
+        run_id,
+        smoke={"image": str(photo), "runs": 3, "warmup": 1},
+        variants={"w8a16": {"weight_bits": 8}, "w4a16_mixed": calibrated},
+        calibration={
+            "images": str(shared(*TRAIN_IMAGES)),
+            "annotations": str(shared(*TRAIN_ANNOTATIONS)),
+            "max_images": 4,
+            "sensitivity_images": 2,
+        },
     )
     result = snakemake(config=config, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,6 +80,7 @@ def test_run_writes_every_artifact(run):
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [
         f"{model}-fp.json",
         f"{model}-w4a16.json",
+        f"{model}-w4a16_mixed.json",
         f"{model}-w8a16.json",
     ]
 
@@ -170,7 +183,7 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     results, config, config_dir = run
     rows = list(csv.DictReader(open(results / "report" / "deltas.csv")))
     assert rows[0]["variant"] == "fp"
-    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w8a16"], "a config-added variant is a new row"
+    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_mixed", "w8a16"], "config-added variants are new rows"
     fp, w4 = rows[0], next(row for row in rows if row["variant"] == "w4a16")
     assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
     assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
@@ -221,3 +234,26 @@ def test_bad_coco_input_is_one_line_and_leaves_no_metrics(tmp_path, coco, messag
         assert not (ROOT / "results" / run_id / "coco" / "image_ids.txt").exists()
     finally:
         shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
+
+
+def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(run):
+    import csv
+
+    import torch
+
+    results, _, _ = run
+    ranking = list(csv.DictReader(open(results / "sensitivity" / "yolov10n-seed0.csv")))
+    assert ranking and ranking[0]["rank"] == "1" and "model.23.dfl.conv" not in {r["layer"] for r in ranking}
+    calibration_ids = (results / "calibration" / "image_ids.txt").read_text().split()
+    eval_ids = (results / "coco" / "image_ids.txt").read_text().split()
+    assert len(calibration_ids) == 4 and not set(calibration_ids) & set(eval_ids)
+    saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16_mixed-ptq.pt", weights_only=True)
+    eight_bit = saved["settings"]["layer_bits"]
+    assert eight_bit and set(eight_bit.values()) == {8}
+    assert set(eight_bit) <= {r["layer"] for r in ranking}
+    assert saved["settings"]["calibration_images"] == 4
+    assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
+    metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16_mixed.json").read_text())
+    assert 0.9 <= metrics["weights_4bit_fraction"] < 1.0 and metrics["ptq_seconds"] > 0
+    export = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_mixed-qcdq-ptq.json").read_text())
+    assert export["weight_clip_ranges"] == [[-127, 127], [-7, 7]]

@@ -68,8 +68,10 @@ def unpickle_checkpoint(path) -> dict:
         raise UserError(
             f"checkpoint not found: {path} (set `checkpoint:` in the config or pass --config checkpoint=PATH)"
         )
+    from yolo_w4.legacy_yolov5 import yolov5_modules
+
     try:
-        with temporary_modules(modules=_LEGACY_MODULES, attributes=_LEGACY_ATTRIBUTES):
+        with temporary_modules(modules=_LEGACY_MODULES, attributes=_LEGACY_ATTRIBUTES), yolov5_modules():
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as error:
         raise UserError(
@@ -95,7 +97,12 @@ def _detection_model(ckpt: dict, path) -> torch.nn.Module:
     from ultralytics.nn.modules.head import Detect
     from ultralytics.nn.tasks import DetectionModel
 
+    from yolo_w4.legacy_yolov5 import YOLOv5Model
+
     model = ckpt.get("ema") or ckpt["model"]
+    if isinstance(model, YOLOv5Model):
+        model.stride = model.model[-1].stride = torch.as_tensor(model.stride).float()  # saved as FP16
+        return model
     head = model.model[-1] if hasattr(model, "model") else None
     if type(model) is not DetectionModel or type(head).__name__ not in ("Detect", "v10Detect"):
         kind = type(model).__name__
@@ -113,7 +120,7 @@ def prepare_export(model: torch.nn.Module, imgsz: int, max_det: int = MAX_DET) -
     from ultralytics.nn.modules.block import C2f
     from ultralytics.nn.modules.head import Detect
 
-    strides = model.stride.tolist()
+    strides = torch.as_tensor(model.stride).tolist()
     for module in model.modules():
         if isinstance(module, Detect):
             module.dynamic = False
@@ -137,20 +144,31 @@ def load_detector(path, head: str = "one2one", imgsz: int = 640) -> Detector:
     """
     if head not in HEADS:
         raise UserError(f"head must be one of {HEADS}, got {head!r} (config key `head`)")
+    from yolo_w4.legacy_yolov5 import YOLOv5Model
+
     ckpt = unpickle_checkpoint(path)
     model = _detection_model(ckpt, path)
+    legacy = isinstance(model, YOLOv5Model)
     has_one2one = getattr(model.model[-1], "one2one_cv2", None) is not None
     if head == "one2one" and not has_one2one:
         raise UserError(
             f"{path} has no one-to-one (NMS-free) head, so `head: one2one` cannot be used; set `head: one2many`"
         )
-    model.end2end = head == "one2one"
+    if not legacy:
+        model.end2end = head == "one2one"
     model = model.float().fuse(verbose=False).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     prepare_export(model, imgsz)
+    if isinstance(model.names, (list, tuple)):
+        model.names = dict(enumerate(model.names))
     version = str(ckpt.get("version", ""))
-    layout = "thu-mig-yolov10" if version.startswith("8.1.") and "v10" in type(model.model[-1]).__name__ else "ultralytics"
+    if legacy:
+        layout = "yolov5-legacy"
+    elif version.startswith("8.1.") and "v10" in type(model.model[-1]).__name__:
+        layout = "thu-mig-yolov10"
+    else:
+        layout = "ultralytics"
     seeded = bool(ckpt.get("yolo_w4_seeded", False))
     return Detector(
         model=model,

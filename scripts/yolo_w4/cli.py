@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(quantize)
     quantize.add_argument("--variant", default="w4a16")
     quantize.add_argument("--bits", type=int, default=4)
-    quantize.add_argument("--scale", choices=("minmax", "mse"), default="minmax")
+    quantize.add_argument("--scale", choices=("minmax", "mse"), default="minmax", help="calibrated scales: use the workflow")
     quantize.add_argument("--asymmetric", action="store_true")
     quantize.add_argument("--full-range", action="store_true", help="use -8..7 instead of -7..7 at 4 bits")
     quantize.add_argument("--keep-float", action="append", default=[], metavar="GLOB")

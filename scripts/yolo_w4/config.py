@@ -46,3 +46,13 @@ def validate_config(config: dict, schema_path) -> dict:
             message = f"unknown key: {message}"
         raise UserError(f"invalid config at {_where(error)}: {message} (allowed keys and values: {schema_path})")
     return config
+
+
+def needs_calibration(settings: dict) -> bool:
+    """Whether a variant reads calibration images (its quantize job then depends on them)."""
+    return (
+        settings.get("method", "rtn") != "rtn"
+        or settings.get("bias_correction", "none") != "none"
+        or settings.get("scale") == "output"
+        or bool(settings.get("mixed"))
+    )

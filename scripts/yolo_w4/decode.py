@@ -64,13 +64,19 @@ def decode_one2one(output: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndar
     return rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64)
 
 
-def decode_one2many(output: np.ndarray, conf: float, iou: float, max_det: int, max_nms: int = 30000):
+def decode_one2many(output: np.ndarray, conf: float, iou: float, max_det: int, multi_label=False, max_nms=30000):
+    """multi_label: every class above `conf` is a candidate (Ultralytics' validator); else the best one (predictor)."""
     preds = np.asarray(output, dtype=np.float32)[0].T  # (anchors, 4 + classes)
     class_scores = preds[:, 4:]
-    classes = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(preds)), classes]
-    mask = scores > conf
-    boxes, scores, classes = xywh_to_xyxy(preds[mask, :4]), scores[mask], classes[mask]
+    if multi_label:
+        anchors, classes = np.nonzero(class_scores > conf)
+        scores = class_scores[anchors, classes]
+    else:
+        classes = class_scores.argmax(axis=1)
+        scores = class_scores[np.arange(len(preds)), classes]
+        anchors = np.nonzero(scores > conf)[0]
+        scores, classes = scores[anchors], classes[anchors]
+    boxes = xywh_to_xyxy(preds[anchors, :4])
     if len(scores) > max_nms:
         top = np.argsort(-scores, kind="stable")[:max_nms]
         boxes, scores, classes = boxes[top], scores[top], classes[top]
@@ -79,12 +85,18 @@ def decode_one2many(output: np.ndarray, conf: float, iou: float, max_det: int, m
 
 
 def decode(
-    output: np.ndarray, head: str, mapping: Letterbox, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
+    output: np.ndarray,
+    head: str,
+    mapping: Letterbox,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    multi_label: bool = False,
 ) -> Detections:
     """Detections in original-image pixels from one image's raw model output."""
     if head == "one2one":
         boxes, scores, classes = decode_one2one(output, conf)
     else:
-        boxes, scores, classes = decode_one2many(output, conf, iou, max_det)
+        boxes, scores, classes = decode_one2many(output, conf, iou, max_det, multi_label)
     order = np.argsort(-scores, kind="stable")[:max_det]
     return Detections(mapping.to_original(boxes[order]), scores[order], classes[order])

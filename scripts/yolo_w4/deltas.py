@@ -26,6 +26,8 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> 
         values = record["metrics"]
         row = {
             "variant": variant,
+            "settings": record.get("settings"),
+            "ptq_seconds": record.get("ptq_seconds"),
             "weight_bits": record.get("weight_bits"),
             "weights_4bit_fraction": record.get("weights_4bit_fraction"),
             "images": record["images"],
@@ -60,6 +62,7 @@ def _fmt(value, digits=3, suffix=""):
 
 SUMMARY_COLUMNS = (
     ("model", lambda r: r["variant"]),
+    ("settings", lambda r: r["settings"] or ""),
     ("4-bit weights", lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%"),
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     ("mAP50", lambda r: _fmt(r["mAP50"])),
@@ -71,9 +74,21 @@ SUMMARY_COLUMNS = (
     ("latency ms (median)", lambda r: _fmt(r["latency_median_ms"], 2)),
     ("latency vs FP", lambda r: _fmt(r["latency_ratio"], 3, "×")),
     ("provider", lambda r: f"{r['provider'].removesuffix('ExecutionProvider')} {r['precision']}"),
+    ("PTQ s", lambda r: _fmt(r["ptq_seconds"], 0) if r["ptq_seconds"] is not None else "—"),
 )
 
 
-def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = [name for name, _ in SUMMARY_COLUMNS]
-    return header, [[cell(row) for _, cell in SUMMARY_COLUMNS] for row in rows]
+# The report's first screen shares its width with the rule graph: six columns only.
+COMPACT_COLUMNS = (
+    ("model", lambda r: r["variant"]),
+    ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
+    ("Δ [95% CI]", lambda r: f"{_fmt(r['delta_mAP50_95'], 3)} [{_fmt(r['delta_mAP50_95_ci_low'], 3)}, {_fmt(r['delta_mAP50_95_ci_high'], 3)}]" if r["variant"] != FP else "—"),
+    ("% of FP", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
+    ("size", lambda r: _fmt(r["size_ratio"], 2, "×")),
+    ("latency", lambda r: _fmt(r["latency_ratio"], 2, "×")),
+)
+
+
+def summary_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> tuple[list[str], list[list[str]]]:
+    header = [name for name, _ in columns]
+    return header, [[cell(row) for _, cell in columns] for row in rows]

@@ -19,6 +19,23 @@ def _load_json(path):
     return json.loads(Path(path).read_text())
 
 
+def describe_settings(settings: dict | None) -> str:
+    """'W4 gptq+bias-corr, minmax sym narrow, 8-bit mixed >= 90%' — one cell of the deltas table."""
+    if not settings:
+        return "FP (no quantization)"
+    parts = [f"W{settings['weight_bits']} {settings.get('method', 'rtn')}"]
+    if settings.get("bias_correction", "none") != "none":
+        parts[0] += "+bias-corr"
+    grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
+    parts.append(grid)
+    if settings.get("mixed"):
+        mixed = settings["mixed"]
+        parts.append(f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}")
+    if settings.get("keep_float"):
+        parts.append(f"float: {', '.join(settings['keep_float'])}")
+    return ", ".join(parts)
+
+
 def subset_step(annotations, images, ids_out, annotations_out, max_images=100, image_ids_list=None) -> dict:
     """The fixed image subset every model is scored on."""
     from yolo_w4.coco_subset import write_subset
@@ -26,6 +43,16 @@ def subset_step(annotations, images, ids_out, annotations_out, max_images=100, i
     described = write_subset(annotations, images, ids_out, annotations_out, max_images, image_ids_list)
     print(f"subset: {described}")
     return described
+
+
+def calibration_step(annotations, images, eval_ids, output, max_images=128, image_ids_list=None) -> list[int]:
+    """Calibration ids: first `max_images` (or the list), checked against the evaluation ids."""
+    from yolo_w4.calibration import select_calibration, write_calibration_ids
+
+    ids = select_calibration(annotations, images, max_images, image_ids_list, eval_ids)
+    write_calibration_ids(output, ids)
+    print(f"calibration: {len(ids)} images from {annotations}, none among the evaluation images")
+    return ids
 
 
 def evaluate_step(
@@ -43,6 +70,7 @@ def evaluate_step(
     conf=0.001,
     iou=0.7,
     max_det=300,
+    multi_label=True,
     export_record=None,
     config=None,
 ) -> dict:
@@ -57,7 +85,8 @@ def evaluate_step(
     exported = json.loads(Path(export_record).read_text())
     session, providers = create_session(onnx_path, device)
     cat_ids = category_ids(coco, exported["checkpoint"]["classes"])
-    detections, latencies = predict_images(session, [files[i] for i in ids], head, imgsz, conf, iou, max_det)
+    images_in_order = [files[i] for i in ids]
+    detections, latencies = predict_images(session, images_in_order, head, imgsz, conf, iou, max_det, multi_label)
     results = to_coco_results(ids, detections, cat_ids)
     metrics = score(coco, results, ids)
     record = {
@@ -70,12 +99,14 @@ def evaluate_step(
         "conf": conf,
         "iou": iou if head == "one2many" else None,
         "max_det": max_det,
-        "nms": "class-aware" if head == "one2many" else "none (one-to-one head)",
+        "nms": ("class-aware, multi-label" if multi_label else "class-aware, best class") if head == "one2many" else "none (one-to-one head)",
         **providers,
         "precision": precision,
         "latency_ms": {**latency_stats(latencies), "per_image": [round(t, 3) for t in latencies], "excludes": "preprocessing and decoding"},
         "weights_4bit_fraction": exported.get("weights_4bit_fraction"),
         "weight_bits": (exported.get("settings") or {}).get("weight_bits"),
+        "settings": describe_settings(exported.get("settings")),
+        "ptq_seconds": (exported.get("settings") or {}).get("ptq_seconds"),
         "random_weights": (exported.get("checkpoint") or {}).get("random_weights"),
         "inputs": input_record({"onnx": onnx_path, "annotations": annotations, "image_ids": ids_file}),
         "config": config,
@@ -143,11 +174,13 @@ def report_step(metrics: dict, detections: dict, exports: dict, latency, annotat
 
 
 def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
+    from yolo_w4 import report
+
     base = metrics[FP]
     notes = []
     if any(record.get("random_weights") for record in metrics.values()):
         notes.append(
-            "DEMO MODEL WITH RANDOM WEIGHTS: these metrics show the workflow's mechanics, not accuracy."
+            f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy."
         )
     notes.append(
         f"COCO subset of {base['images']} images (image_ids sha256 {base['image_ids_sha256'][:12]}…), "

@@ -30,7 +30,7 @@ def category_ids(coco: dict, classes: int) -> list[int]:
     return ids
 
 
-def predict_images(session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int):
+def predict_images(session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True):
     """Detections per image and the model-only latency (ms) of each, with a progress bar."""
     from tqdm import tqdm
 
@@ -45,7 +45,7 @@ def predict_images(session, images: list[Path], head: str, imgsz: int, conf: flo
         outputs = []
         timing = time_runs(lambda: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0)
         latencies.append(timing["median_ms"])
-        detections.append(decode(outputs[-1], head, mapping, conf=conf, iou=iou, max_det=max_det))
+        detections.append(decode(outputs[-1], head, mapping, conf, iou, max_det, multi_label))
     return detections, latencies
 
 

@@ -56,3 +56,14 @@ def plot_latency(rows: list[dict], path) -> None:
     axis.set_ylabel("ms per image (median, whisker p90)")
     axis.set_title(f"ONNX Runtime latency ({provider}, interleaved)")
     _save(figure, path)
+
+
+def plot_sensitivity(rows: list[dict], path, top: int = 30) -> None:
+    """Output SQNR per layer with only that layer at 4 bits: the `top` most sensitive."""
+    shown = rows[:top]
+    figure, axis = plt.subplots(figsize=(7, 0.22 * len(shown) + 1.2))
+    axis.barh([r["layer"] for r in shown][::-1], [r["output_sqnr_db"] for r in shown][::-1], color="#a33")
+    axis.set_xlabel("output SQNR (dB), this layer alone at 4 bits — lower is more sensitive")
+    axis.tick_params(axis="y", labelsize=7)
+    axis.set_title(f"Layer sensitivity (top {len(shown)} of {len(rows)})")
+    _save(figure, path)

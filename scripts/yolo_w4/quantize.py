@@ -16,7 +16,7 @@ from yolo_w4.errors import UserError
 # The DFL conv is a fixed arange(16) projection that decodes box distributions; quantizing it
 # shifts every box, and it is not a learned weight.
 ALWAYS_FLOAT = ("*.dfl.conv",)
-SCALES = ("minmax", "mse")
+SCALES = ("minmax", "mse", "output")  # output: min-max start, searched on calibration data (ptq.py)
 DEFAULT_SETTINGS = {
     "weight_bits": 4,
     "scale": "minmax",
@@ -32,8 +32,10 @@ def weight_quantizer(bits: int = 4, scale: str = "minmax", symmetric: bool = Tru
     symmetric: signed integers, zero point 0 (QCDQ: int8 storage, Clip to [-7, 7] at 4 bits
     with narrow range). asymmetric: unsigned integers with a per-channel zero point.
     scale: `minmax` uses each channel's absolute max (or min/max); `mse` searches the
-    clipping range that minimises the weight's squared error.
+    clipping range that minimises the weight's squared error; `output` starts from min-max
+    and is refined later on calibration data (`ptq.output_aware_scale`).
     """
+    from brevitas.inject.enum import ScalingImplType
     from brevitas.quant.scaled_int import Int8WeightPerChannelFloat, Int8WeightPerChannelFloatMSE
     from brevitas.quant.shifted_scaled_int import (
         ShiftedUint8WeightPerChannelFloat,
@@ -49,8 +51,13 @@ def weight_quantizer(bits: int = 4, scale: str = "minmax", symmetric: bool = Tru
         (True, "mse"): Int8WeightPerChannelFloatMSE,
         (False, "minmax"): ShiftedUint8WeightPerChannelFloat,
         (False, "mse"): ShiftedUint8WeightPerChannelFloatMSE,
-    }[(bool(symmetric), scale)]
-    return base.let(bit_width=int(bits), narrow_range=bool(narrow_range))
+    }[(bool(symmetric), "minmax" if scale == "output" else scale)]
+    # PARAMETER_FROM_STATS: the scale is computed from the weight once, then kept as a
+    # parameter. Calibrated methods (GPTQ, bias correction) change the weights on a fixed
+    # grid, and the state dict carries the scale, so a reload is exact.
+    return base.let(
+        bit_width=int(bits), narrow_range=bool(narrow_range), scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS
+    )
 
 
 def weight_only_layer_map(quantizer) -> dict:
@@ -88,14 +95,24 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     settings = {**DEFAULT_SETTINGS, **settings}
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("quantize in FP32 and cast afterwards: the model passed in is not FP32")
-    quantizer = weight_quantizer(
-        settings["weight_bits"], settings["scale"], settings["symmetric"], settings["narrow_range"]
-    )
-    selected = set(quantizable_layers(model, settings["keep_float"]))
-    skipped = [name for name in conv_layers(model) if name not in selected]
-    quantized = layerwise_quantize(
-        copy.deepcopy(model), compute_layer_map=weight_only_layer_map(quantizer), name_blacklist=skipped
-    )
+    selected = quantizable_layers(model, settings["keep_float"])
+    layer_bits = settings.get("layer_bits") or {}
+    unknown = sorted(set(layer_bits) - set(selected))
+    if unknown:
+        raise UserError(f"layer_bits names layers that are not quantized convs: {', '.join(unknown[:5])}")
+    quantized = copy.deepcopy(model)
+    by_bits = {}
+    for name in selected:
+        by_bits.setdefault(int(layer_bits.get(name, settings["weight_bits"])), []).append(name)
+    for bits, names in sorted(by_bits.items()):  # one layerwise pass per bit width
+        quantizer = weight_quantizer(bits, settings["scale"], settings["symmetric"], settings["narrow_range"])
+        skipped = [name for name in conv_layers(quantized) if name not in names]
+        quantized = layerwise_quantize(quantized, compute_layer_map=weight_only_layer_map(quantizer), name_blacklist=skipped)
+    for name in selected:
+        module = conv_layers(quantized)[name]
+        if module.bias is None:  # bias correction needs one; zeros keep the output unchanged
+            module.bias = torch.nn.Parameter(torch.zeros(module.out_channels))
+        module.quant_weight()  # fix the scale parameter from the FP weights now
     return quantized.eval()
 
 

@@ -17,12 +17,16 @@ from yolo_w4.quantize import quantization_summary, quantize_weights
 FORMAT = "yolo_w4.quantized_state_dict/1"
 
 
-def save_quantized(path, model: torch.nn.Module, detector: Detector, variant: str, settings: dict) -> dict:
-    """Write the artifact; return its record (everything but the tensors)."""
+def save_quantized(path, model: torch.nn.Module, detector: Detector, variant: str, settings: dict, calibration=None) -> dict:
+    """Write the artifact; return its record (everything but the tensors).
+
+    calibration: per-layer records of what calibrated PTQ changed (None for plain RTN).
+    """
     record = {
         "format": FORMAT,
         "variant": variant,
         "settings": settings,
+        "calibration": calibration,
         "checkpoint": detector.describe(),
         "summary": quantization_summary(model),
         "versions": versions(),

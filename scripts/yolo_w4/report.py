@@ -3,7 +3,9 @@
 import csv
 import html
 
-from yolo_w4.deltas import summary_table
+from yolo_w4.deltas import COMPACT_COLUMNS, summary_table
+
+WARNING = "DEMO MODEL WITH RANDOM WEIGHTS"
 from yolo_w4.files import atomic_path
 
 
@@ -25,7 +27,7 @@ def html_page(rows: list[dict], notes: list[str], title: str) -> str:
     header, body = summary_table(rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    items = "".join(f"<li{' class=warn' if n.startswith(WARNING) else ''}>{html.escape(n)}</li>" for n in notes)
     style = (
         "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
         "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
@@ -39,14 +41,19 @@ def html_page(rows: list[dict], notes: list[str], title: str) -> str:
 
 
 def rst_fragment(rows: list[dict], notes: list[str]) -> str:
-    """A list-table plus notes; rules/report/workflow.rst includes it on the report's first page."""
-    header, body = summary_table(rows)
-    lines = [".. list-table:: Deltas against the FP baseline", "   :header-rows: 1", ""]
+    """A compact list-table plus notes; rules/report/workflow.rst includes it on the first page.
+
+    A warning note (random weights) comes first, in bold, above the table.
+    """
+    header, body = summary_table(rows, COMPACT_COLUMNS)
+    warnings = [note for note in notes if note.startswith(WARNING)]
+    lines = [f"**{note}**\n" for note in warnings]
+    lines += [".. list-table:: Deltas against the FP baseline (size and latency: ratio to FP)", "   :header-rows: 1", ""]
     for cells in [header, *body]:
         lines.append("   * - " + cells[0].replace("*", r"\*"))
         lines += [f"     - {c}" for c in cells[1:]]
     lines.append("")
-    lines += [f"- {note}" for note in notes]
+    lines += [f"- {note}" for note in notes if note not in warnings]
     return "\n".join(lines) + "\n"
 
 

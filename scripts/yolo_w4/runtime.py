@@ -1,8 +1,10 @@
-"""ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing."""
+"""ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing.
+
+The Snakefile imports `resolve_precision` from here, so the module imports nothing beyond
+the standard library at load time (Snakemake's own env need not have NumPy).
+"""
 
 import time
-
-import numpy as np
 
 from yolo_w4.errors import UserError
 
@@ -68,8 +70,10 @@ def create_session(path, device: str = "auto"):
     return session, record
 
 
-def input_feed(session, tensor: np.ndarray) -> dict:
+def input_feed(session, tensor) -> dict:
     """{input name: tensor} cast to the dtype the model declares (float16 or float32)."""
+    import numpy as np
+
     spec = session.get_inputs()[0]
     dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
     return {spec.name: tensor.astype(dtype, copy=False)}
@@ -95,6 +99,8 @@ def time_runs(run, runs: int = 20, warmup: int = 3) -> dict:
 
 
 def latency_stats(times_ms, warmup: int = 0) -> dict:
+    import numpy as np
+
     times = np.asarray(times_ms, dtype=np.float64)
     return {
         "median_ms": round(float(np.median(times)), 3),

@@ -22,18 +22,65 @@ def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
     build_seeded_checkpoint(output, arch, seed)
 
 
-def quantize_step(checkpoint, output, variant: str, settings: dict, head: str = "one2one", imgsz: int = 640) -> dict:
-    """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions)."""
+def quantize_step(
+    checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None
+) -> dict:
+    """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
+
+    calibration: {ids, annotations, images, limit} for calibrated variants (GPTQ, bias
+    correction); sensitivity: the layer ranking CSV for mixed-precision variants.
+    """
+    import time
+
+    from yolo_w4.calibration import calibration_tensors
+    from yolo_w4.ptq import calibrate
+    from yolo_w4.config import needs_calibration
+    from yolo_w4.quantize import quantizable_layers
+    from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
+
+    started = time.perf_counter()
     detector = load_detector(checkpoint, head, imgsz)
     settings = {**DEFAULT_SETTINGS, **settings}
+    mixed = settings.get("mixed")
+    if mixed:
+        ranking = [row for row in read_sensitivity(sensitivity) if row["layer"] in quantizable_layers(detector.model, settings["keep_float"])]
+        high = choose_high_precision(ranking, mixed["min_4bit_fraction"])
+        settings["layer_bits"] = {name: mixed["high_bits"] for name in high}
     model = quantize_weights(detector.model, settings)
-    record = save_quantized(output, model, detector, variant, settings)
+    records = None
+    if needs_calibration(settings):
+        images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit"))
+        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in quantizable_layers(detector.model, settings["keep_float"])}
+        gptq = settings.get("gptq") or {}
+        records = calibrate(
+            detector.model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
+            bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
+            scale_search=settings["scale"] == "output",
+        )
+        settings["calibration_images"] = len(images)
+    settings["ptq_seconds"] = round(time.perf_counter() - started, 1)
+    record = save_quantized(output, model, detector, variant, settings, records)
     summary = record["summary"]
     print(
         f"{variant}: {summary['quantized_layers']} convs quantized, {summary['float_layers']} float, "
-        f"{summary['weights_4bit_fraction']:.1%} of conv weights at 4 bits"
+        f"{summary['weights_4bit_fraction']:.1%} of conv weights at 4 bits, PTQ {settings['ptq_seconds']} s"
     )
     return record
+
+
+def sensitivity_step(checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32) -> list:
+    """Layer sensitivity ranking -> CSV + plot."""
+    from yolo_w4.calibration import calibration_tensors
+    from yolo_w4.plots import plot_sensitivity
+    from yolo_w4.sensitivity import layer_sensitivity, write_sensitivity
+
+    detector = load_detector(checkpoint, head, imgsz)
+    images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used)
+    rows = layer_sensitivity(detector.model, images, imgsz)
+    write_sensitivity(table, rows)
+    plot_sensitivity(rows, plot)
+    print(f"most sensitive: {', '.join(row['layer'] for row in rows[:5])}")
+    return rows
 
 
 def _load_model(checkpoint, quantized, head, imgsz):

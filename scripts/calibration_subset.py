@@ -1,0 +1,16 @@
+"""Rule calibration_subset: calibration image ids, never overlapping the evaluation subset."""
+
+from yolo_w4.eval_steps import calibration_step
+from yolo_w4.rule_runner import run_rule
+
+sm = snakemake  # noqa: F821
+run_rule(
+    sm,
+    calibration_step,
+    annotations=sm.input.annotations,
+    images=sm.input.images,
+    eval_ids=sm.input.eval_ids,
+    output=sm.output[0],
+    max_images=sm.params.max_images,
+    image_ids_list=sm.input.id_list or None,
+)

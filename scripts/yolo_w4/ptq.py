@@ -1,0 +1,222 @@
+"""Calibrated weight PTQ: GPTQ and empirical bias correction, stage by stage.
+
+Both need statistics of each conv's *input* in the partly quantized model: GPTQ the
+second moment H = E[x xᵀ] of its im2col patches, bias correction their mean E[x]. The
+model is processed one top-level stage (`model.model[i]`) at a time: the calibration
+images' activations are kept at the current stage (`StagedActivations`), the stage runs
+once to collect its convs' input statistics, its convs are quantized (GPTQ) and corrected,
+and it runs again to hand the next stage already quantized, corrected outputs. Each image
+thus passes through the network about twice in all.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from yolo_w4.quantize import conv_layers
+
+
+class InputStats:
+    """Running E[x] (and E[x xᵀ]) of a conv's im2col patches, one block per conv group."""
+
+    def __init__(self, conv: torch.nn.Conv2d, second_moment: bool):
+        self.conv = conv
+        self.groups = conv.groups
+        self.width = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        self.sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
+        self.gram = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64) if second_moment else None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        conv = self.conv
+        cols = F.unfold(x.float(), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        batch, _, positions = cols.shape
+        cols = cols.view(batch, self.groups, self.width, positions).permute(1, 2, 0, 3)
+        cols = cols.reshape(self.groups, self.width, batch * positions)
+        self.sum += cols.sum(-1, dtype=torch.float64)
+        if self.gram is not None:  # float32 products (fast), float64 running sum
+            self.gram += torch.bmm(cols, cols.transpose(1, 2)).double()
+        self.count += batch * positions
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.gram / self.count
+
+
+def stage_of(name: str) -> int:
+    """`model.12.cv1.conv` -> 12: the top-level stage a conv belongs to."""
+    return int(name.split(".")[1])
+
+
+class StagedActivations:
+    """Every calibration image's activations at the current stage of a YOLO Sequential.
+
+    Ultralytics' DetectionModel and our YOLOv5 model run `model.model` in order, each stage
+    reading the previous output or saved earlier outputs (`f` indices; `save` says which
+    to keep), so the forward pass can be advanced one stage at a time.
+    """
+
+    def __init__(self, model, images):
+        self.model = model
+        self.states = [(image, []) for image in images]
+        self.stage = 0
+
+    def _inputs(self, module, x, saved):
+        if module.f == -1:
+            return x
+        return saved[module.f] if isinstance(module.f, int) else [x if j == -1 else saved[j] for j in module.f]
+
+    def run(self, advance: bool) -> None:
+        """Run the current stage on every image; with advance, keep its outputs and move on."""
+        module = self.model.model[self.stage]
+        with torch.no_grad():
+            for index, (x, saved) in enumerate(self.states):
+                output = module(self._inputs(module, x, saved))
+                if advance:
+                    saved.append(output if module.i in self.model.save else None)
+                    self.states[index] = (output, saved)
+        if advance:
+            self.stage += 1
+
+
+def collect_input_stats(model, layers: dict, stage: int, calibration, second_moment: bool) -> dict:
+    """Input statistics of `layers` (all in `stage`) over the calibration images, model as it is."""
+    activations = calibration if isinstance(calibration, StagedActivations) else StagedActivations(model, calibration)
+    while activations.stage < stage:
+        activations.run(advance=True)
+    stats = {name: InputStats(conv, second_moment) for name, conv in layers.items()}
+    handles = [conv.register_forward_pre_hook(lambda m, args, s=stats[n]: s.add(args[0])) for n, conv in layers.items()]
+    try:
+        activations.run(advance=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def integer_range(bits: int, narrow_range: bool) -> tuple[int, int]:
+    high = 2 ** (bits - 1) - 1
+    return (-high if narrow_range else -high - 1), high
+
+
+def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_order: bool = True, block: int = 128):
+    """GPTQ (Frantar et al. 2023) for G independent groups at once.
+
+    weight (G, O, n), hessian (G, n, n), scale (G, O): returns the quantized weight (G, O, n),
+    every value on its channel's grid scale * [qmin, qmax]. Columns are quantized in order of
+    decreasing Hessian diagonal (act_order); each column's rounding error is spread over the
+    columns not yet quantized, weighted by the inverse Hessian, so the layer's output error
+    E||(W - Q) x||² is what is minimised, not the weight error.
+    """
+    W = weight.double().clone()
+    H = hessian.double().clone()
+    groups, _, width = W.shape
+    s = scale.double().unsqueeze(-1)  # (G, O, 1)
+    diagonal = torch.diagonal(H, dim1=1, dim2=2)
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
+    W.masked_fill_(dead.unsqueeze(1), 0.0)
+    perm = torch.argsort(diagonal, dim=1, descending=True) if act_order else torch.arange(width).expand(groups, width)
+    W = W.gather(2, perm.unsqueeze(1).expand_as(W))
+    H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
+    H += damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1) * torch.eye(width, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for start in range(0, width, block):
+        end = min(start + block, width)
+        W1 = W[:, :, start:end].clone()
+        errors = torch.zeros_like(W1)
+        Hinv1 = Hinv[:, start:end, start:end]
+        for i in range(end - start):
+            column = W1[:, :, i]
+            q = torch.clamp(torch.round(column / s[..., 0]), qmin, qmax) * s[..., 0]
+            Q[:, :, start + i] = q
+            error = (column - q) / Hinv1[:, i, i].unsqueeze(1)
+            W1[:, :, i:] -= error.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
+            errors[:, :, i] = error
+        W[:, :, end:] -= errors @ Hinv[:, start:end, end:]
+    inverse = torch.argsort(perm, dim=1)
+    return Q.gather(2, inverse.unsqueeze(1).expand_as(Q)).float()
+
+
+def output_aware_scale(weight, hessian, scale, qmin: int, qmax: int, ratios=None) -> torch.Tensor:
+    """Per-channel clipping ratio (of the min-max scale) minimising the layer's output error.
+
+    For each candidate ratio a, round to nearest with scale a*s and measure eᵀ H e, e = w - q:
+    the squared output error on calibration inputs, not the weight error (which min-max and
+    MSE scales minimise). weight (G, O, n), hessian (G, n, n), scale (G, O) -> ratio (G, O).
+    """
+    ratios = torch.linspace(0.5, 1.0, 21) if ratios is None else ratios
+    W, H = weight.float(), hessian.float()
+    errors = []
+    for ratio in ratios:
+        s = (scale * ratio).unsqueeze(-1)
+        E = W - torch.clamp(torch.round(W / s), qmin, qmax) * s
+        errors.append(torch.einsum("goi,gij,goj->go", E, H, E))
+    best = torch.stack(errors).argmin(0)
+    return ratios[best]
+
+
+def _grouped(tensor: torch.Tensor, groups: int) -> torch.Tensor:
+    """(O, C/G, kh, kw) -> (G, O/G, C/G*kh*kw)."""
+    return tensor.reshape(groups, tensor.shape[0] // groups, -1)
+
+
+def calibrate(
+    fp_model,
+    q_model,
+    calibration,
+    method: str = "rtn",
+    bias_correction: bool = True,
+    bits_of=None,
+    narrow_range=True,
+    damp=0.01,
+    act_order=True,
+    scale_search=False,
+) -> dict:
+    """Apply output-aware scales, GPTQ (method='gptq') and/or bias correction to `q_model` in place.
+
+    fp_model: the fused FP model `q_model` was quantized from (its weights are the target).
+    bits_of: {layer name: bits}. Returns per-layer records of what changed.
+    """
+    fp_layers = conv_layers(fp_model)
+    q_layers = {n: m for n, m in conv_layers(q_model).items() if hasattr(m, "weight_quant")}
+    records = {}
+    activations = StagedActivations(q_model, calibration)
+    for stage in sorted({stage_of(n) for n in q_layers}):
+        layers = {n: m for n, m in q_layers.items() if stage_of(n) == stage}
+        stats = collect_input_stats(q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search)
+        for name, module in layers.items():
+            groups = module.groups
+            target = fp_layers[name].weight.detach()
+            with torch.no_grad():
+                quant = module.quant_weight()
+                scale = quant.scale.detach().reshape(-1)
+                before = quant.value.detach()
+                qmin, qmax = integer_range(bits_of[name], narrow_range)
+                ratio = None
+                if scale_search:
+                    ratio = output_aware_scale(_grouped(target, groups), stats[name].hessian, scale.view(groups, -1), qmin, qmax)
+                    threshold = module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
+                    threshold.mul_(ratio.reshape(threshold.shape))
+                    scale = module.quant_weight().scale.detach().reshape(-1)
+                if method == "gptq":
+                    new = gptq(_grouped(target, groups), stats[name].hessian, scale.view(groups, -1), qmin, qmax, damp, act_order)
+                    module.weight.copy_(new.reshape_as(module.weight))
+                after = module.quant_weight().value.detach()
+                shift = None
+                if bias_correction:
+                    error = _grouped(target - after, groups).double()  # (G, O/G, n)
+                    shift = (error @ stats[name].mean.unsqueeze(-1)).reshape(-1).float()
+                    module.bias.add_(shift)
+            records[name] = {
+                "stage": stage,
+                "weights_changed": int((after != before).sum()),
+                "bias_shift_max": float(shift.abs().max()) if shift is not None else 0.0,
+                "clip_ratio_mean": float(ratio.mean()) if ratio is not None else 1.0,
+            }
+        activations.run(advance=True)  # hand the next stage the quantized, corrected outputs
+    return records

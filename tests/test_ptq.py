@@ -1,0 +1,152 @@
+"""Calibrated PTQ on the trained YOLOv5n: each method lowers the error it claims to."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VAL_IMAGES, shared
+from test_legacy_yolov5 import YOLOV5N
+from yolo_w4.checkpoint import load_detector
+from yolo_w4.errors import UserError
+from yolo_w4.parity import sqnr_db
+from yolo_w4.preprocess import load_input
+from yolo_w4.ptq import calibrate, collect_input_stats, gptq, integer_range, output_aware_scale
+from yolo_w4.quantize import conv_layers, quantizable_layers, quantization_summary, quantize_weights
+from yolo_w4.sensitivity import choose_high_precision, dense_output, layer_sensitivity
+
+TRAIN_IMAGES = ("coco2017", "source-data", "train2017")
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    return load_detector(shared(*YOLOV5N), "one2many")
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return [torch.from_numpy(load_input(p)[0]) for p in sorted(shared(*TRAIN_IMAGES).glob("*.jpg"))[:8]]
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return [torch.from_numpy(load_input(p)[0]) for p in sorted(shared(*VAL_IMAGES).glob("*.jpg"))[:4]]
+
+
+def bits_of(model, bits=4):
+    return {name: bits for name in quantizable_layers(model)}
+
+
+def output_sqnr(fp_model, model, images):
+    with torch.no_grad():
+        ref = torch.cat([dense_output(fp_model, x, 640) for x in images]).numpy()
+        out = torch.cat([dense_output(model, x, 640) for x in images]).numpy()
+    return sqnr_db(ref, out)
+
+
+def test_gptq_lowers_the_layer_output_error_not_the_weight_error(proxy, calibration):
+    name = "model.8.m.0.cv2.conv"  # a 3x3 conv deep in the backbone
+    model = quantize_weights(proxy.model, {})
+    conv = conv_layers(model)[name]
+    stats = collect_input_stats(model, {name: conv}, 8, calibration, second_moment=True)[name]
+    W = conv_layers(proxy.model)[name].weight.detach().reshape(1, conv.out_channels, -1)
+    scale = conv.quant_weight().scale.detach().reshape(1, -1)
+    qmin, qmax = integer_range(4, True)
+    rtn = torch.clamp(torch.round(W / scale.unsqueeze(-1)), qmin, qmax) * scale.unsqueeze(-1)
+    ours = gptq(W, stats.hessian, scale, qmin, qmax)
+    grid = ours / scale.unsqueeze(-1)
+    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, "GPTQ stays on the 4-bit grid"
+    assert (ours != rtn).float().mean() > 0.05, "GPTQ really changed the rounding"
+    H = stats.hessian[0].float()
+
+    def output_error(Q):
+        E = (W - Q)[0]
+        return float(torch.einsum("oi,ij,oj->", E, H, E))
+
+    assert output_error(ours) < 0.8 * output_error(rtn)
+    assert float(((W - ours) ** 2).sum()) > float(((W - rtn) ** 2).sum()), "weight error is not the target"
+
+
+def test_output_aware_scale_lowers_each_channels_output_error(proxy, calibration):
+    name = "model.8.m.0.cv2.conv"
+    model = quantize_weights(proxy.model, {"scale": "output"})
+    conv = conv_layers(model)[name]
+    H = collect_input_stats(model, {name: conv}, 8, calibration, second_moment=True)[name].hessian.float()
+    W = conv_layers(proxy.model)[name].weight.detach().reshape(1, conv.out_channels, -1)
+    scale = conv.quant_weight().scale.detach().reshape(1, -1)
+    qmin, qmax = integer_range(4, True)
+    ratio = output_aware_scale(W, H, scale, qmin, qmax)
+
+    def channel_errors(s):
+        E = W - torch.clamp(torch.round(W / s.unsqueeze(-1)), qmin, qmax) * s.unsqueeze(-1)
+        return torch.einsum("goi,gij,goj->go", E, H, E)
+
+    searched, minmax = channel_errors(scale * ratio), channel_errors(scale)
+    assert (searched <= minmax + 1e-9).all() and searched.sum() < 0.9 * minmax.sum()
+    assert (ratio < 1).float().mean() > 0.5, "most channels clip below their max"
+
+
+def test_bias_correction_removes_the_mean_output_shift(proxy, calibration):
+    """First conv: its input is the image, so FP and quantized layers see the same data."""
+    model = quantize_weights(proxy.model, {})
+    fp_conv, q_conv = conv_layers(proxy.model)["model.0.conv"], conv_layers(model)["model.0.conv"]
+
+    def mean_shift():
+        with torch.no_grad():
+            diffs = [(q_conv(x) - fp_conv(x)).mean((0, 2, 3)) for x in calibration]
+        return torch.stack(diffs).mean(0).abs()
+
+    before = mean_shift()
+    records = calibrate(proxy.model, model, calibration, "rtn", True, bits_of(proxy.model))
+    after = mean_shift()
+    assert before.max() > 1e-3 and after.max() < 1e-4 * max(1.0, float(before.max()) * 10)
+    assert records["model.0.conv"]["weights_changed"] == 0 and records["model.0.conv"]["bias_shift_max"] > 0
+
+
+def test_calibrated_ptq_beats_round_to_nearest_on_held_out_images(proxy, calibration, held_out):
+    rtn = quantize_weights(proxy.model, {})
+    calibrated = quantize_weights(proxy.model, {})
+    calibrate(proxy.model, calibrated, calibration, "gptq", True, bits_of(proxy.model))
+    rtn_db, ours_db = output_sqnr(proxy.model, rtn, held_out), output_sqnr(proxy.model, calibrated, held_out)
+    assert ours_db > rtn_db + 3, (rtn_db, ours_db)
+    summary = quantization_summary(calibrated)
+    assert summary["weights_4bit_fraction"] == 1.0
+
+
+def test_gptq_result_survives_the_state_dict_round_trip(proxy, calibration, tmp_path, held_out):
+    from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
+
+    settings = {"method": "gptq", "bias_correction": "empirical"}
+    model = quantize_weights(proxy.model, settings)
+    calibrate(proxy.model, model, calibration[:2], "gptq", True, bits_of(proxy.model))
+    save_quantized(tmp_path / "q.pt", model, proxy, "w4a16_gptq", settings)
+    rebuilt, _, _ = load_quantized(tmp_path / "q.pt", shared(*YOLOV5N))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(held_out[0]), model(held_out[0]))
+
+
+def test_sensitivity_ranking_is_reproducible_and_mixed_precision_keeps_its_budget(proxy, calibration):
+    first = layer_sensitivity(proxy.model, calibration[:2])
+    assert first == layer_sensitivity(proxy.model, calibration[:2])
+    assert [row["rank"] for row in first] == list(range(1, len(first) + 1))
+    assert first[0]["output_sqnr_db"] <= first[-1]["output_sqnr_db"]
+    for budget in (0.9, 0.95):
+        high = choose_high_precision(first, budget)
+        assert high, "some layers fit in the 8-bit budget"
+        model = quantize_weights(proxy.model, {"layer_bits": {name: 8 for name in high}})
+        fraction = quantization_summary(model)["weights_4bit_fraction"]
+        assert budget <= fraction < 1.0
+        assert {layer["bits"] for layer in quantization_summary(model)["layers"]} == {4, 8}
+
+
+def test_calibration_images_must_not_be_evaluation_images(tmp_path):
+    from yolo_w4.calibration import select_calibration
+
+    annotations = shared("coco2017", "source-data", "annotations", "instances_val2017.json")
+    images = shared(*VAL_IMAGES)
+    eval_ids = tmp_path / "ids.txt"
+    eval_ids.write_text("139\n802\n")
+    with pytest.raises(UserError, match="2 calibration images are also evaluation images"):
+        select_calibration(annotations, images, 10, None, eval_ids)  # val ids 139, 802 are its first two
+    train = shared("coco2017", "source-data", "annotations", "instances_train2017.json")
+    ids = select_calibration(train, shared(*TRAIN_IMAGES), 10, None, eval_ids)
+    assert len(ids) == 10 and not set(ids) & {139, 802}
