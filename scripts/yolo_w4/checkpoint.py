@@ -186,8 +186,3 @@ def load_detector(path, head: str = "one2one", imgsz: int = 640) -> Detector:
 def _architecture(model) -> str | None:
     yaml = getattr(model, "yaml", None) or {}
     return yaml.get("yaml_file") if isinstance(yaml, dict) else None
-
-
-def model_stem(path) -> str:
-    """`yolov10m` for `models/.../yolov10m.pt`: the name every artifact of this model carries."""
-    return Path(path).stem

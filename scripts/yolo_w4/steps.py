@@ -15,9 +15,6 @@ from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
 from yolo_w4.seeded import build_seeded_checkpoint
 from yolo_w4.smoke import smoke_test
 
-FP = "fp"  # the baseline's variant name in smoke and metrics file names
-
-
 def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
     build_seeded_checkpoint(output, arch, seed)
 
