@@ -150,3 +150,36 @@ def test_calibration_images_must_not_be_evaluation_images(tmp_path):
     train = shared("coco2017", "source-data", "annotations", "instances_train2017.json")
     ids = select_calibration(train, shared(*TRAIN_IMAGES), 10, None, eval_ids)
     assert len(ids) == 10 and not set(ids) & {139, 802}
+
+
+def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
+    """No images: the checkpoint's BN statistics give each covered conv's input mean."""
+    from yolo_w4.checkpoint import unpickle_checkpoint
+    from yolo_w4.data_free import bn_bias_correction, expected_activation, input_means
+
+    # E[SiLU(z)], z ~ N(0.5, 2^2), against a Monte-Carlo estimate
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 0.5
+    exact = expected_activation(torch.tensor([0.5]), torch.tensor([2.0]), torch.nn.SiLU())
+    assert float(exact) == pytest.approx(float(torch.nn.functional.silu(z).mean()), abs=5e-3)
+
+    checkpoint = unpickle_checkpoint(shared(*YOLOV5N))
+    means = input_means(checkpoint["model"].float().eval())
+    assert 35 <= len(means) < len(quantizable_layers(proxy.model)), "most, not all, convs are covered"
+    rtn = quantize_weights(proxy.model, {})
+    corrected = quantize_weights(proxy.model, {})
+    shifts = bn_bias_correction(corrected, proxy.model, means)
+    assert set(shifts) == set(means) and max(shifts.values()) > 0
+    # On real images, the layers' mean output shift (same FP input to both) shrinks.
+    name = "model.1.conv"
+    captured = []
+    handle = conv_layers(proxy.model)[name].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    with torch.no_grad():
+        for x in held_out:
+            proxy.model(x)
+    handle.remove()
+
+    def mean_shift(model):
+        with torch.no_grad():
+            return torch.stack([(conv_layers(model)[name](x) - conv_layers(proxy.model)[name](x)).mean((0, 2, 3)) for x in captured]).mean(0).abs().sum()
+
+    assert mean_shift(corrected) < 0.5 * mean_shift(rtn)

@@ -54,7 +54,7 @@ def run(tmp_path_factory):
     config = small_config(
         run_id,
         smoke={"image": str(photo), "runs": 3, "warmup": 1},
-        variants={"w8a16": {"weight_bits": 8}, "w4a16_mixed": calibrated},
+        variants={"w8a16": {"weight_bits": 8}, "w4a16_mixed": calibrated, "w4a16_bn": {"bias_correction": "bn"}},
         calibration={
             "images": str(shared(*TRAIN_IMAGES)),
             "annotations": str(shared(*TRAIN_ANNOTATIONS)),
@@ -80,6 +80,7 @@ def test_run_writes_every_artifact(run):
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [
         f"{model}-fp.json",
         f"{model}-w4a16.json",
+        f"{model}-w4a16_bn.json",
         f"{model}-w4a16_mixed.json",
         f"{model}-w8a16.json",
     ]
@@ -183,7 +184,7 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     results, config, config_dir = run
     rows = list(csv.DictReader(open(results / "report" / "deltas.csv")))
     assert rows[0]["variant"] == "fp"
-    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_mixed", "w8a16"], "config-added variants are new rows"
+    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_bn", "w4a16_mixed", "w8a16"], "config-added variants are new rows"
     fp, w4 = rows[0], next(row for row in rows if row["variant"] == "w4a16")
     assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
     assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
@@ -257,3 +258,13 @@ def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(ru
     assert 0.9 <= metrics["weights_4bit_fraction"] < 1.0 and metrics["ptq_seconds"] > 0
     export = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_mixed-qcdq-ptq.json").read_text())
     assert export["weight_clip_ranges"] == [[-127, 127], [-7, 7]]
+
+
+def test_data_free_variant_needs_no_calibration_images(run):
+    import torch
+
+    results, _, _ = run
+    saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16_bn-ptq.pt", weights_only=True)
+    assert "calibration_images" not in saved["settings"]
+    corrected = [name for name, record in saved["calibration"].items() if record.get("bn_bias_shift_max", 0) > 0]
+    assert len(corrected) >= 10, "YOLOv10n convs fed directly by Conv blocks get a BN-derived correction"

@@ -52,7 +52,7 @@ def needs_calibration(settings: dict) -> bool:
     """Whether a variant reads calibration images (its quantize job then depends on them)."""
     return (
         settings.get("method", "rtn") != "rtn"
-        or settings.get("bias_correction", "none") != "none"
+        or settings.get("bias_correction", "none") == "empirical"
         or settings.get("scale") == "output"
         or bool(settings.get("mixed"))
     )

@@ -25,7 +25,7 @@ def describe_settings(settings: dict | None) -> str:
         return "FP (no quantization)"
     parts = [f"W{settings['weight_bits']} {settings.get('method', 'rtn')}"]
     if settings.get("bias_correction", "none") != "none":
-        parts[0] += "+bias-corr"
+        parts[0] += "+bias-corr" + ("(BN)" if settings["bias_correction"] == "bn" else "")
     grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
     parts.append(grid)
     if settings.get("mixed"):

@@ -55,6 +55,17 @@ def quantize_step(
             scale_search=settings["scale"] == "output",
         )
         settings["calibration_images"] = len(images)
+    if settings.get("bias_correction") == "bn":
+        from yolo_w4.checkpoint import unpickle_checkpoint
+        from yolo_w4.data_free import bn_bias_correction, input_means
+
+        checkpoint_data = unpickle_checkpoint(checkpoint)
+        unfused = (checkpoint_data.get("ema") or checkpoint_data["model"]).float().eval()
+        shifts = bn_bias_correction(model, detector.model, input_means(unfused, imgsz))
+        records = records or {}
+        for name, shift in shifts.items():
+            records.setdefault(name, {})["bn_bias_shift_max"] = shift
+        print(f"data-free bias correction: {len(shifts)} of {len(quantizable_layers(detector.model))} convs")
     settings["ptq_seconds"] = round(time.perf_counter() - started, 1)
     record = save_quantized(output, model, detector, variant, settings, records)
     summary = record["summary"]
