@@ -1,11 +1,8 @@
 """The calibration images for calibrated PTQ: never the images the models are scored on."""
 
-from pathlib import Path
-
-from yolo_w4.coco_subset import load_coco, read_id_list, read_ids
+from yolo_w4.coco_subset import image_paths, load_coco, read_id_list, read_ids
 from yolo_w4.errors import UserError
 from yolo_w4.files import atomic_path
-
 
 def select_calibration(annotations, images_dir, max_images: int, id_list=None, eval_ids_file=None) -> list[int]:
     """Calibration image ids (sorted), refused if any is also an evaluation image.
@@ -29,17 +26,15 @@ def select_calibration(annotations, images_dir, max_images: int, id_list=None, e
             f"{len(overlap)} calibration images are also evaluation images (ids {overlap[:5]}); "
             "calibrate on another split (e.g. train2017) or list other ids in `calibration.image_ids_list`"
         )
-    files = {image["id"]: Path(images_dir) / image["file_name"] for image in coco["images"]}
+    files = image_paths(coco, images_dir)
     missing = [files[i] for i in ids if not files[i].is_file()]
     if missing:
         raise UserError(f"calibration image not found: {missing[0]} (check `calibration.images`)")
     return ids
 
-
 def write_calibration_ids(path, ids) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{i}\n" for i in ids))
-
 
 def calibration_tensors(annotations, images_dir, ids_file, imgsz: int = 640, limit: int | None = None) -> list:
     """The calibration images, letterboxed like evaluation images, as (1, 3, imgsz, imgsz) tensors."""
@@ -47,6 +42,5 @@ def calibration_tensors(annotations, images_dir, ids_file, imgsz: int = 640, lim
 
     from yolo_w4.preprocess import load_input
 
-    coco = load_coco(annotations)
-    files = {image["id"]: Path(images_dir) / image["file_name"] for image in coco["images"]}
+    files = image_paths(load_coco(annotations), images_dir)
     return [torch.from_numpy(load_input(files[i], imgsz)[0]) for i in read_ids(ids_file)[:limit]]

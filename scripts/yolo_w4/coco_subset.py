@@ -78,11 +78,15 @@ def subset(coco: dict, image_ids: list[int]) -> dict:
     }
 
 
+def image_paths(coco: dict, images_dir) -> dict:
+    """{image id: path of its file under images_dir}."""
+    return {image["id"]: Path(images_dir) / image["file_name"] for image in coco["images"]}
+
+
 def check_images_exist(coco_subset: dict, images_dir) -> None:
-    for image in coco_subset["images"]:
-        path = Path(images_dir) / image["file_name"]
+    for image_id, path in image_paths(coco_subset, images_dir).items():
         if not path.is_file():
-            raise UserError(f"image not found: {path} (image id {image['id']}; check `coco.images`)")
+            raise UserError(f"image not found: {path} (image id {image_id}; check `coco.images`)")
 
 
 def write_subset(annotations, images_dir, ids_out, annotations_out, max_images=100, id_list=None) -> dict:

@@ -75,14 +75,14 @@ def evaluate_step(
     config=None,
 ) -> dict:
     """ONNX model (+ its export record) -> COCO detections JSON + metrics JSON on the subset."""
-    from yolo_w4.coco_subset import load_coco, read_ids
+    from yolo_w4.coco_subset import image_paths, load_coco, read_ids
     from yolo_w4.evaluate import category_ids, predict_images, score, to_coco_results
     from yolo_w4.runtime import create_session, latency_stats
 
     coco = load_coco(annotations)
     ids = read_ids(ids_file)
-    files = {image["id"]: Path(images) / image["file_name"] for image in coco["images"]}
-    exported = json.loads(Path(export_record).read_text())
+    files = image_paths(coco, images)
+    exported = _load_json(export_record)
     session, providers = create_session(onnx_path, device)
     cat_ids = category_ids(coco, exported["checkpoint"]["classes"])
     images_in_order = [files[i] for i in ids]
@@ -121,11 +121,10 @@ def evaluate_step(
 
 def latency_step(models: dict, ids_file, annotations, images, output, device="auto", count=5, rounds=10, imgsz=640, config=None) -> dict:
     """Interleaved latency of every ONNX model on the first `count` subset images."""
-    from yolo_w4.coco_subset import load_coco, read_ids
+    from yolo_w4.coco_subset import image_paths, load_coco, read_ids
     from yolo_w4.latency import interleaved_latency
 
-    coco = load_coco(annotations)
-    files = {image["id"]: Path(images) / image["file_name"] for image in coco["images"]}
+    files = image_paths(load_coco(annotations), images)
     chosen = [files[i] for i in read_ids(ids_file)[:count]]
     result = interleaved_latency(models, chosen, device, rounds, imgsz=imgsz)
     result.update({"inputs": input_record(models), "config": config, "versions": versions(), "created": utc_now()})

@@ -97,6 +97,11 @@ def collect_input_stats(model, layers: dict, stage: int, calibration, second_mom
     return stats
 
 
+def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Round to nearest on the grid scale * [qmin, qmax] (scale broadcast over the weight)."""
+    return torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
+
+
 def integer_range(bits: int, narrow_range: bool) -> tuple[int, int]:
     high = 2 ** (bits - 1) - 1
     return (-high if narrow_range else -high - 1), high
@@ -132,7 +137,7 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
         Hinv1 = Hinv[:, start:end, start:end]
         for i in range(end - start):
             column = W1[:, :, i]
-            q = torch.clamp(torch.round(column / s[..., 0]), qmin, qmax) * s[..., 0]
+            q = round_to_grid(column, s[..., 0], qmin, qmax)
             Q[:, :, start + i] = q
             error = (column - q) / Hinv1[:, i, i].unsqueeze(1)
             W1[:, :, i:] -= error.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
@@ -154,7 +159,7 @@ def output_aware_scale(weight, hessian, scale, qmin: int, qmax: int, ratios=None
     errors = []
     for ratio in ratios:
         s = (scale * ratio).unsqueeze(-1)
-        E = W - torch.clamp(torch.round(W / s), qmin, qmax) * s
+        E = W - round_to_grid(W, s, qmin, qmax)
         errors.append(torch.einsum("goi,gij,goj->go", E, H, E))
     best = torch.stack(errors).argmin(0)
     return ratios[best]

@@ -13,7 +13,7 @@ import torch
 from yolo_w4.files import atomic_path
 
 from yolo_w4.parity import sqnr_db
-from yolo_w4.ptq import integer_range
+from yolo_w4.ptq import integer_range, round_to_grid
 from yolo_w4.quantize import conv_layers, quantizable_layers
 
 
@@ -40,7 +40,7 @@ def round_to_nearest(weight: torch.Tensor, bits: int = 4, narrow_range: bool = T
     """Symmetric per-output-channel min-max RTN, the same grid as the default Brevitas quantizer."""
     qmin, qmax = integer_range(bits, narrow_range)
     scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).clamp_min(1e-12) / qmax
-    return torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
+    return round_to_grid(weight, scale, qmin, qmax)
 
 
 @contextlib.contextmanager

@@ -38,16 +38,17 @@ def quantize_step(
     started = time.perf_counter()
     detector = load_detector(checkpoint, head, imgsz)
     settings = {**DEFAULT_SETTINGS, **settings}
+    selected = quantizable_layers(detector.model, settings["keep_float"])
     mixed = settings.get("mixed")
     if mixed:
-        ranking = [row for row in read_sensitivity(sensitivity) if row["layer"] in quantizable_layers(detector.model, settings["keep_float"])]
+        ranking = [row for row in read_sensitivity(sensitivity) if row["layer"] in selected]
         high = choose_high_precision(ranking, mixed["min_4bit_fraction"])
         settings["layer_bits"] = {name: mixed["high_bits"] for name in high}
     model = quantize_weights(detector.model, settings)
     records = None
     if needs_calibration(settings):
         images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit"))
-        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in quantizable_layers(detector.model, settings["keep_float"])}
+        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
         gptq = settings.get("gptq") or {}
         records = calibrate(
             detector.model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
@@ -65,7 +66,7 @@ def quantize_step(
         records = records or {}
         for name, shift in shifts.items():
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
-        print(f"data-free bias correction: {len(shifts)} of {len(quantizable_layers(detector.model))} convs")
+        print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
     settings["ptq_seconds"] = round(time.perf_counter() - started, 1)
     record = save_quantized(output, model, detector, variant, settings, records)
     summary = record["summary"]
