@@ -4,6 +4,7 @@ from yolo_w4.coco_subset import image_paths, load_coco, read_id_list, read_ids
 from yolo_w4.errors import UserError
 from yolo_w4.files import atomic_path
 
+
 def select_calibration(annotations, images_dir, max_images: int, id_list=None, eval_ids_file=None) -> list[int]:
     """Calibration image ids (sorted), refused if any is also an evaluation image.
 
