@@ -183,3 +183,49 @@ def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
             return torch.stack([(conv_layers(model)[name](x) - conv_layers(proxy.model)[name](x)).mean((0, 2, 3)) for x in captured]).mean(0).abs().sum()
 
     assert mean_shift(corrected) < 0.5 * mean_shift(rtn)
+
+
+def test_upstream_target_is_the_fp_weight_when_inputs_agree_and_moves_when_they_do_not(proxy, calibration):
+    """fp_target solves argmin_V E||W x_fp - V x||²: W itself when x == x_fp (the image, stage 0)."""
+    from yolo_w4.ptq import StagedActivations, collect_paired_stats
+
+    model = quantize_weights(proxy.model, {})
+    fp_layers, q_layers = conv_layers(proxy.model), conv_layers(model)
+    fp_acts, q_acts = StagedActivations(proxy.model, calibration[:2]), StagedActivations(model, calibration[:2])
+    first = collect_paired_stats(fp_acts, q_acts, fp_layers, {"model.0.conv": q_layers["model.0.conv"]})["model.0.conv"]
+    W = fp_layers["model.0.conv"].weight.detach().reshape(1, 16, -1)
+    assert torch.allclose(first.fp_target(W, 0.01), W, atol=1e-4)
+    for _ in range(2):  # stage 2 reads RTN-quantized activations, not the FP ones
+        fp_acts.run(advance=True)
+        q_acts.run(advance=True)
+    name = "model.2.cv1.conv"
+    stats = collect_paired_stats(fp_acts, q_acts, fp_layers, {name: q_layers[name]})[name]
+    W = fp_layers[name].weight.detach().reshape(1, q_layers[name].out_channels, -1)
+    assert not torch.allclose(stats.fp_target(W, 0.01), W, atol=1e-3)
+
+
+def test_upstream_compensation_beats_plain_gptq_on_held_out_images(proxy, calibration, held_out):
+    plain = quantize_weights(proxy.model, {"scale": "mse"})
+    calibrate(proxy.model, plain, calibration, "gptq", False, bits_of(proxy.model))
+    compensated = quantize_weights(proxy.model, {"scale": "mse"})
+    records = calibrate(proxy.model, compensated, calibration, "gptq", False, bits_of(proxy.model), compensate_upstream=True)
+    assert set(records) == set(quantizable_layers(proxy.model))
+    plain_db, ours_db = output_sqnr(proxy.model, plain, held_out), output_sqnr(proxy.model, compensated, held_out)
+    assert ours_db > plain_db + 0.5, (plain_db, ours_db)
+
+
+def test_adaround_learns_a_rounding_that_lowers_each_stages_error(proxy, calibration):
+    from yolo_w4.reconstruct import reconstruct
+
+    model = quantize_weights(proxy.model, {})
+    rtn = {name: conv.quant_weight().value.detach() for name, conv in conv_layers(model).items() if name.startswith("model.2.")}
+    records = reconstruct(proxy.model, model, calibration[:4], bits_of(proxy.model), iterations=40, stages=[2])
+    assert set(records) == set(rtn)
+    record = records["model.2.cv1.conv"]
+    assert record["stage_error"] < 0.8 * record["stage_error_rtn"], record
+    for name, before in rtn.items():
+        conv = conv_layers(model)[name]
+        grid = conv.weight.detach() / conv.quant_weight().scale.detach()
+        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, "AdaRound stays on the grid"
+    changed = sum(records[name]["weights_changed"] for name in rtn)
+    assert changed > 0.02 * sum(before.numel() for before in rtn.values()), "some weights round the other way"

@@ -133,6 +133,10 @@ def test_lint_is_clean():
         ({"device": "gpu"}, "error: invalid config at device: 'gpu' is not one of"),
         ({"variants": {"w3": {"weight_bits": 1}}}, "error: invalid config at variants.w3.weight_bits: 1 is less than"),
         ({"variants": {"fp": {}}}, "error: invalid config at variants: 'fp' should not be valid"),
+        (
+            {"variants": {"w4": {"method": "adaround", "bias_correction": "empirical"}}},
+            "error: invalid config at variants.w4: method adaround cannot be combined with bias_correction: empirical",
+        ),
         ({"checkpoint": "models/none.pt"}, "error: checkpoint not found: models/none.pt"),
     ],
 )

@@ -45,7 +45,25 @@ def validate_config(config: dict, schema_path) -> dict:
         if error.validator == "additionalProperties":
             message = f"unknown key: {message}"
         raise UserError(f"invalid config at {_where(error)}: {message} (allowed keys and values: {schema_path})")
+    for name, settings in config.get("variants", {}).items():
+        check_variant(name, settings)
     return config
+
+
+def check_variant(name: str, settings: dict) -> None:
+    """Combinations the schema cannot express: AdaRound learns rounding and biases on its own."""
+    if settings.get("method") != "adaround":
+        return
+    clashes = [
+        key
+        for key, ignored in (("bias_correction", "empirical"), ("scale", "output"), ("compensate_upstream", True))
+        if settings.get(key) == ignored
+    ]
+    if clashes:
+        raise UserError(
+            f"invalid config at variants.{name}: method adaround cannot be combined with "
+            f"{', '.join(f'{key}: {settings[key]}' for key in clashes)}; drop it or use method gptq"
+        )
 
 
 def needs_calibration(settings: dict) -> bool:
@@ -55,4 +73,5 @@ def needs_calibration(settings: dict) -> bool:
         or settings.get("bias_correction", "none") == "empirical"
         or settings.get("scale") == "output"
         or bool(settings.get("mixed"))
+        or bool(settings.get("compensate_upstream"))
     )

@@ -7,6 +7,11 @@ images' activations are kept at the current stage (`StagedActivations`), the sta
 once to collect its convs' input statistics, its convs are quantized (GPTQ) and corrected,
 and it runs again to hand the next stage already quantized, corrected outputs. Each image
 thus passes through the network about twice in all.
+
+With `compensate_upstream` (asymmetric calibration, as in GPTAQ, Li et al. 2025), the FP
+model runs beside the quantized one and each conv is fitted, one at a time in execution
+order, to reproduce the FP model's output from the *quantized* model's input: the error
+already made upstream is compensated instead of carried on.
 """
 
 import torch
@@ -25,17 +30,32 @@ class InputStats:
         self.sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
         self.gram = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64) if second_moment else None
         self.count = 0
+        self.cross = self.reference_sum = None  # E[x x_fpᵀ], E[x_fp]: paired statistics (add_pair)
 
-    def add(self, x: torch.Tensor) -> None:
+    def _columns(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col patches as (groups, width, batch * positions)."""
         conv = self.conv
         cols = F.unfold(x.float(), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
         batch, _, positions = cols.shape
         cols = cols.view(batch, self.groups, self.width, positions).permute(1, 2, 0, 3)
-        cols = cols.reshape(self.groups, self.width, batch * positions)
+        return cols.reshape(self.groups, self.width, batch * positions)
+
+    def add(self, x: torch.Tensor) -> None:
+        cols = self._columns(x)
         self.sum += cols.sum(-1, dtype=torch.float64)
         if self.gram is not None:  # float32 products (fast), float64 running sum
             self.gram += torch.bmm(cols, cols.transpose(1, 2)).double()
-        self.count += batch * positions
+        self.count += cols.shape[-1]
+
+    def add_pair(self, x: torch.Tensor, reference: torch.Tensor) -> None:
+        """Add the quantized model's input x and the FP model's input `reference` for the same image."""
+        self.add(x)
+        cols, ref = self._columns(x), self._columns(reference)
+        if self.cross is None:
+            self.cross = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64)
+            self.reference_sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
+        self.cross += torch.bmm(cols, ref.transpose(1, 2)).double()
+        self.reference_sum += ref.sum(-1, dtype=torch.float64)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -44,6 +64,24 @@ class InputStats:
     @property
     def hessian(self) -> torch.Tensor:
         return self.gram / self.count
+
+    @property
+    def reference_mean(self) -> torch.Tensor:
+        return self.reference_sum / self.count
+
+    def fp_target(self, weight: torch.Tensor, damp: float) -> torch.Tensor:
+        """The weight that best maps this conv's quantized-model inputs to the FP model's outputs.
+
+        argmin_V E||W x_fp - V x||² = W E[x_fp xᵀ] E[x xᵀ]⁻¹, ridge-regularised towards W with
+        `damp` x the mean Hessian diagonal, so errors made upstream are compensated here.
+        weight (G, O, n) -> (G, O, n).
+        """
+        H = self.hessian
+        ridge = damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).clamp_min(1e-12).view(-1, 1, 1)
+        eye = torch.eye(self.width, dtype=H.dtype)
+        W = weight.double()
+        rhs = W @ self.cross.transpose(1, 2) / self.count + W * ridge  # (G, O, n)
+        return torch.linalg.solve(H + ridge * eye, rhs.transpose(1, 2)).transpose(1, 2).float()
 
 
 def stage_of(name: str) -> int:
@@ -91,6 +129,28 @@ def collect_input_stats(model, layers: dict, stage: int, calibration, second_mom
     handles = [conv.register_forward_pre_hook(lambda m, args, s=stats[n]: s.add(args[0])) for n, conv in layers.items()]
     try:
         activations.run(advance=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layers: dict) -> dict:
+    """Input statistics of `q_layers` with the FP model's inputs to the same convs, image by image.
+
+    Both activation sets must stand at the stage holding the layers; neither advances.
+    """
+    stats = {name: InputStats(conv, second_moment=True) for name, conv in q_layers.items()}
+    reference = {}
+    handles = [fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: reference.__setitem__(n, args[0])) for n in q_layers]
+    handles += [conv.register_forward_pre_hook(lambda m, args, n=n: stats[n].add_pair(args[0], reference[n])) for n, conv in q_layers.items()]
+    fp_stage = fp_activations.model.model[fp_activations.stage]
+    q_stage = q_activations.model.model[q_activations.stage]
+    try:
+        with torch.no_grad():
+            for (x, saved), (x_fp, saved_fp) in zip(q_activations.states, fp_activations.states):
+                fp_stage(fp_activations._inputs(fp_stage, x_fp, saved_fp))
+                q_stage(q_activations._inputs(q_stage, x, saved))
     finally:
         for handle in handles:
             handle.remove()
@@ -170,6 +230,60 @@ def _grouped(tensor: torch.Tensor, groups: int) -> torch.Tensor:
     return tensor.reshape(groups, tensor.shape[0] // groups, -1)
 
 
+def execution_order(activations: StagedActivations, layers: dict) -> list[str]:
+    """Names of `layers` (all in the current stage) in the order the stage runs them."""
+    order = []
+    handles = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n)) for n, m in layers.items()]
+    module = activations.model.model[activations.stage]
+    try:
+        with torch.no_grad():
+            module(activations._inputs(module, *activations.states[0]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order))
+
+
+def _calibrate_layer(
+    module, fp_conv, stats: InputStats, bits: int, method, bias_correction, narrow_range, damp, act_order, scale_search,
+    compensate_upstream, ridge,
+) -> dict:
+    """Output-aware scale, GPTQ and/or bias correction of one quantized conv, in place."""
+    groups = module.groups
+    target = fp_conv.weight.detach()
+    with torch.no_grad():
+        quant = module.quant_weight()
+        scale = quant.scale.detach().reshape(-1)
+        before = quant.value.detach()
+        qmin, qmax = integer_range(bits, narrow_range)
+        ratio = None
+        if scale_search:
+            ratio = output_aware_scale(_grouped(target, groups), stats.hessian, scale.view(groups, -1), qmin, qmax)
+            threshold = module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
+            threshold.mul_(ratio.reshape(threshold.shape))
+            scale = module.quant_weight().scale.detach().reshape(-1)
+        goal = _grouped(target, groups)
+        if compensate_upstream:
+            goal = stats.fp_target(goal, ridge)
+        if method == "gptq":
+            new = gptq(goal, stats.hessian, scale.view(groups, -1), qmin, qmax, damp, act_order)
+            module.weight.copy_(new.reshape_as(module.weight))
+        after = module.quant_weight().value.detach()
+        shift = None
+        if bias_correction:
+            # E[W x_fp] - E[Q x]: the mean output error, upstream input shifts included
+            fp_mean = stats.reference_mean if compensate_upstream else stats.mean
+            expected = _grouped(target, groups).double() @ fp_mean.unsqueeze(-1)
+            actual = _grouped(after, groups).double() @ stats.mean.unsqueeze(-1)
+            shift = (expected - actual).reshape(-1).float()
+            module.bias.add_(shift)
+    return {
+        "weights_changed": int((after != before).sum()),
+        "bias_shift_max": float(shift.abs().max()) if shift is not None else 0.0,
+        "clip_ratio_mean": float(ratio.mean()) if ratio is not None else 1.0,
+    }
+
+
 def calibrate(
     fp_model,
     q_model,
@@ -181,6 +295,8 @@ def calibrate(
     damp=0.01,
     act_order=True,
     scale_search=False,
+    compensate_upstream=False,
+    ridge=0.01,
 ) -> dict:
     """Apply output-aware scales, GPTQ (method='gptq') and/or bias correction to `q_model` in place.
 
@@ -190,38 +306,30 @@ def calibrate(
     fp_layers = conv_layers(fp_model)
     q_layers = {n: m for n, m in conv_layers(q_model).items() if hasattr(m, "weight_quant")}
     records = {}
+    options = dict(
+        method=method, bias_correction=bias_correction, narrow_range=narrow_range, damp=damp,
+        act_order=act_order, scale_search=scale_search, compensate_upstream=compensate_upstream,
+        ridge=ridge,
+    )
     activations = StagedActivations(q_model, calibration)
+    fp_activations = StagedActivations(fp_model, calibration) if compensate_upstream else None
     for stage in sorted({stage_of(n) for n in q_layers}):
         layers = {n: m for n, m in q_layers.items() if stage_of(n) == stage}
-        stats = collect_input_stats(q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search)
-        for name, module in layers.items():
-            groups = module.groups
-            target = fp_layers[name].weight.detach()
-            with torch.no_grad():
-                quant = module.quant_weight()
-                scale = quant.scale.detach().reshape(-1)
-                before = quant.value.detach()
-                qmin, qmax = integer_range(bits_of[name], narrow_range)
-                ratio = None
-                if scale_search:
-                    ratio = output_aware_scale(_grouped(target, groups), stats[name].hessian, scale.view(groups, -1), qmin, qmax)
-                    threshold = module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
-                    threshold.mul_(ratio.reshape(threshold.shape))
-                    scale = module.quant_weight().scale.detach().reshape(-1)
-                if method == "gptq":
-                    new = gptq(_grouped(target, groups), stats[name].hessian, scale.view(groups, -1), qmin, qmax, damp, act_order)
-                    module.weight.copy_(new.reshape_as(module.weight))
-                after = module.quant_weight().value.detach()
-                shift = None
-                if bias_correction:
-                    error = _grouped(target - after, groups).double()  # (G, O/G, n)
-                    shift = (error @ stats[name].mean.unsqueeze(-1)).reshape(-1).float()
-                    module.bias.add_(shift)
-            records[name] = {
-                "stage": stage,
-                "weights_changed": int((after != before).sum()),
-                "bias_shift_max": float(shift.abs().max()) if shift is not None else 0.0,
-                "clip_ratio_mean": float(ratio.mean()) if ratio is not None else 1.0,
-            }
+        if compensate_upstream:
+            while activations.stage < stage:
+                activations.run(advance=True)
+                fp_activations.run(advance=True)
+            # one conv at a time, in execution order: each sees its predecessors' final weights
+            for name in execution_order(activations, layers):
+                stats = collect_paired_stats(fp_activations, activations, fp_layers, {name: layers[name]})
+                records[name] = _calibrate_layer(layers[name], fp_layers[name], stats[name], bits_of[name], **options)
+        else:
+            stats = collect_input_stats(q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search)
+            for name, module in layers.items():
+                records[name] = _calibrate_layer(module, fp_layers[name], stats[name], bits_of[name], **options)
+        for name in layers:
+            records[name]["stage"] = stage
         activations.run(advance=True)  # hand the next stage the quantized, corrected outputs
+        if compensate_upstream:
+            fp_activations.run(advance=True)
     return records

@@ -30,7 +30,6 @@ def quantize_step(
     import time
 
     from yolo_w4.calibration import calibration_tensors
-    from yolo_w4.ptq import calibrate
     from yolo_w4.config import needs_calibration
     from yolo_w4.quantize import quantizable_layers
     from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
@@ -49,12 +48,7 @@ def quantize_step(
     if needs_calibration(settings):
         images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit"))
         bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
-        gptq = settings.get("gptq") or {}
-        records = calibrate(
-            detector.model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
-            bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
-            scale_search=settings["scale"] == "output",
-        )
+        records = calibrated_ptq(detector.model, model, images, settings, bits)
         settings["calibration_images"] = len(images)
     if settings.get("bias_correction") == "bn":
         from yolo_w4.checkpoint import unpickle_checkpoint
@@ -75,6 +69,22 @@ def quantize_step(
         f"{summary['weights_4bit_fraction']:.1%} of conv weights at 4 bits, PTQ {settings['ptq_seconds']} s"
     )
     return record
+
+
+def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict) -> dict:
+    """Run the variant's calibrated method on `model` in place: AdaRound, or GPTQ / scales / bias correction."""
+    from yolo_w4.ptq import calibrate
+    from yolo_w4.reconstruct import reconstruct
+
+    if settings.get("method") == "adaround":
+        return reconstruct(fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {}))
+    gptq = settings.get("gptq") or {}
+    return calibrate(
+        fp_model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
+        bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
+        scale_search=settings["scale"] == "output",
+        compensate_upstream=bool(settings.get("compensate_upstream")), ridge=gptq.get("ridge", 0.01),
+    )
 
 
 def sensitivity_step(checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32) -> list:

@@ -1,0 +1,78 @@
+"""Benchmark: what calibrated PTQ costs per architecture, on this machine.
+
+`python -m yolo_w4.ptq_cost --arch yolov10m.yaml --images 8 --out cost.json` builds a seeded
+checkpoint of the architecture (weights do not change the cost), then times each calibrated
+method on `--images` calibration images and extrapolates linearly to 128 (the default
+calibration set: forward passes and statistics grow with the images, the GPTQ solves do
+not, so the extrapolation is an upper bound). Prints a table, writes JSON.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from yolo_w4.files import write_json
+from yolo_w4.provenance import utc_now, versions
+
+METHODS = {
+    "gptq": {"method": "gptq", "scale": "mse"},
+    "gptq_up": {"method": "gptq", "scale": "mse", "compensate_upstream": True},
+    "adaround": {"method": "adaround"},
+}
+
+
+def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
+    """The Ultralytics photos, repeated: image content does not change the cost."""
+    from yolo_w4.preprocess import load_input
+    from yolo_w4.seeded import asset_images
+
+    photos = [torch.from_numpy(load_input(path, imgsz)[0]) for path in asset_images()]
+    return [photos[i % len(photos)] for i in range(count)]
+
+
+def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS)) -> list[dict]:
+    from yolo_w4.checkpoint import load_detector
+    from yolo_w4.quantize import quantizable_layers, quantize_weights
+    from yolo_w4.seeded import build_seeded_checkpoint
+    from yolo_w4.steps import calibrated_ptq
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = build_seeded_checkpoint(Path(folder) / "seeded.pt", arch)
+        detector = load_detector(checkpoint, "one2many", imgsz)
+    images = calibration_images(count, imgsz)
+    selected = quantizable_layers(detector.model)
+    parameters = sum(detector.model.get_submodule(name).weight.numel() for name in selected)
+    rows = []
+    for method in methods:
+        settings = {"weight_bits": 4, "narrow_range": True, **METHODS[method]}
+        model = quantize_weights(detector.model, settings)
+        started = time.perf_counter()
+        calibrated_ptq(detector.model, model, images, settings, {name: 4 for name in selected})
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "arch": arch, "method": method, "convs": len(selected), "conv_weights": parameters,
+                "images": count, "seconds": round(seconds, 1), "seconds_128_images_bound": round(seconds * 128 / count),
+            }
+        )  # fmt: skip
+        print(f"{arch:16} {method:10} {count:4} images {seconds:8.1f} s   -> 128 images <= {rows[-1]['seconds_128_images_bound']} s", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=["yolov10n.yaml", "yolov10m.yaml"])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--out", default="results/ptq-cost.json")
+    args = parser.parse_args(argv)
+    rows = [row for arch in args.arch for row in measure(arch, args.images, methods=args.methods)]
+    write_json(args.out, {"rows": rows, "threads": torch.get_num_threads(), "versions": versions(), "created": utc_now()})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
