@@ -12,6 +12,25 @@ def retained_pct(value, baseline):
     return round(100.0 * value / baseline, 2)
 
 
+def describe_settings(settings: dict | None) -> str:
+    """'W4 gptq+bias-corr, minmax sym narrow, 8-bit mixed >= 90%' — one cell of the deltas table."""
+    if not settings:
+        return "FP (no quantization)"
+    parts = [f"W{settings['weight_bits']} {settings.get('method', 'rtn')}"]
+    if settings.get("bias_correction", "none") != "none":
+        parts[0] += "+bias-corr" + ("(BN)" if settings["bias_correction"] == "bn" else "")
+    if settings.get("compensate_upstream"):
+        parts[0] += "+upstream-comp"
+    grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
+    parts.append(grid)
+    if settings.get("mixed"):
+        mixed = settings["mixed"]
+        parts.append(f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}")
+    if settings.get("keep_float"):
+        parts.append(f"float: {', '.join(settings['keep_float'])}")
+    return ", ".join(parts)
+
+
 def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> list[dict]:
     """One row per model (FP first): metrics, deltas vs FP, bootstrap interval, size, latency.
 
@@ -26,7 +45,7 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> 
         values = record["metrics"]
         row = {
             "variant": variant,
-            "settings": record.get("settings"),
+            "settings": describe_settings(exports[variant].get("settings")),  # from the export: always current
             "ptq_seconds": record.get("ptq_seconds"),
             "weight_bits": record.get("weight_bits"),
             "weights_4bit_fraction": record.get("weights_4bit_fraction"),

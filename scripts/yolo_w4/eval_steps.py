@@ -8,6 +8,7 @@ ONNX Runtime, pycocotools, OpenCV and matplotlib (no PyTorch), so they run in th
 import json
 from pathlib import Path
 
+from yolo_w4.deltas import describe_settings
 from yolo_w4.errors import UserError
 from yolo_w4.files import write_json
 from yolo_w4.provenance import input_record, sha256, utc_now, versions
@@ -17,23 +18,6 @@ FP = "fp"
 
 def _load_json(path):
     return json.loads(Path(path).read_text())
-
-
-def describe_settings(settings: dict | None) -> str:
-    """'W4 gptq+bias-corr, minmax sym narrow, 8-bit mixed >= 90%' — one cell of the deltas table."""
-    if not settings:
-        return "FP (no quantization)"
-    parts = [f"W{settings['weight_bits']} {settings.get('method', 'rtn')}"]
-    if settings.get("bias_correction", "none") != "none":
-        parts[0] += "+bias-corr" + ("(BN)" if settings["bias_correction"] == "bn" else "")
-    grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
-    parts.append(grid)
-    if settings.get("mixed"):
-        mixed = settings["mixed"]
-        parts.append(f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}")
-    if settings.get("keep_float"):
-        parts.append(f"float: {', '.join(settings['keep_float'])}")
-    return ", ".join(parts)
 
 
 def subset_step(annotations, images, ids_out, annotations_out, max_images=100, image_ids_list=None) -> dict:
