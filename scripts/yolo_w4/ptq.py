@@ -102,17 +102,25 @@ class StagedActivations:
         self.states = [(image, []) for image in images]
         self.stage = 0
 
-    def _inputs(self, module, x, saved):
-        if module.f == -1:
+    @property
+    def module(self):
+        """The current stage."""
+        return self.model.model[self.stage]
+
+    def inputs(self, index: int):
+        """What the current stage reads for image `index`: the last output, or saved ones (`f`)."""
+        x, saved = self.states[index]
+        f = self.module.f
+        if f == -1:
             return x
-        return saved[module.f] if isinstance(module.f, int) else [x if j == -1 else saved[j] for j in module.f]
+        return saved[f] if isinstance(f, int) else [x if j == -1 else saved[j] for j in f]
 
     def run(self, advance: bool) -> None:
         """Run the current stage on every image; with advance, keep its outputs and move on."""
-        module = self.model.model[self.stage]
+        module = self.module
         with torch.no_grad():
             for index, (x, saved) in enumerate(self.states):
-                output = module(self._inputs(module, x, saved))
+                output = module(self.inputs(index))
                 if advance:
                     saved.append(output if module.i in self.model.save else None)
                     self.states[index] = (output, saved)
@@ -144,13 +152,11 @@ def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layer
     reference = {}
     handles = [fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: reference.__setitem__(n, args[0])) for n in q_layers]
     handles += [conv.register_forward_pre_hook(lambda m, args, n=n: stats[n].add_pair(args[0], reference[n])) for n, conv in q_layers.items()]
-    fp_stage = fp_activations.model.model[fp_activations.stage]
-    q_stage = q_activations.model.model[q_activations.stage]
     try:
         with torch.no_grad():
-            for (x, saved), (x_fp, saved_fp) in zip(q_activations.states, fp_activations.states):
-                fp_stage(fp_activations._inputs(fp_stage, x_fp, saved_fp))
-                q_stage(q_activations._inputs(q_stage, x, saved))
+            for index in range(len(q_activations.states)):
+                fp_activations.module(fp_activations.inputs(index))
+                q_activations.module(q_activations.inputs(index))
     finally:
         for handle in handles:
             handle.remove()
@@ -234,10 +240,9 @@ def execution_order(activations: StagedActivations, layers: dict) -> list[str]:
     """Names of `layers` (all in the current stage) in the order the stage runs them."""
     order = []
     handles = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n)) for n, m in layers.items()]
-    module = activations.model.model[activations.stage]
     try:
         with torch.no_grad():
-            module(activations._inputs(module, *activations.states[0]))
+            activations.module(activations.inputs(0))
     finally:
         for handle in handles:
             handle.remove()

@@ -72,8 +72,7 @@ def soft_forward(roundings: dict):
 
 def stage_batch(activations: StagedActivations, indices) -> torch.Tensor | list:
     """The current stage's inputs for several images, concatenated along the batch."""
-    module = activations.model.model[activations.stage]
-    inputs = [activations._inputs(module, *activations.states[i]) for i in indices]
+    inputs = [activations.inputs(i) for i in indices]
     if isinstance(inputs[0], list):
         return [torch.cat(parts) for parts in zip(*inputs)]
     return torch.cat(inputs)
@@ -105,7 +104,7 @@ def reconstruction_error(outputs, targets, indices) -> torch.Tensor:
 
 def stage_error(activations: StagedActivations, targets, is_head: bool, layers: dict, chunk: int = 8) -> float:
     """The reconstruction error of the current stage as it is, over all calibration images."""
-    module, count, total = activations.model.model[activations.stage], len(targets), 0.0
+    module, count, total = activations.module, len(targets), 0.0
     with torch.no_grad():
         for start in range(0, count, chunk):
             indices = range(start, min(start + chunk, count))
@@ -141,7 +140,7 @@ def reconstruct(
             is_head = stage == last
             fp_stage_layers = {n: fp_layers[n] for n in layers}
             with torch.no_grad():
-                targets = [stage_outputs(fp_model.model[stage], stage_batch(fp_acts, [i]), is_head, fp_stage_layers) for i in range(count)]
+                targets = [stage_outputs(fp_acts.module, fp_acts.inputs(i), is_head, fp_stage_layers) for i in range(count)]
                 rtn_error = stage_error(q_acts, targets, is_head, layers)
             roundings = {n: LearnedRounding(m, fp_layers[n].weight.detach(), bits_of[n], narrow_range, learn_bias) for n, m in layers.items()}
             groups = [{"params": [r.v for r in roundings.values()], "lr": lr}]
@@ -152,7 +151,7 @@ def reconstruct(
             with soft_forward(roundings):
                 for step in range(iterations):
                     indices = generator.sample(range(count), min(batch, count))
-                    outputs = stage_outputs(q_model.model[stage], stage_batch(q_acts, indices), is_head, layers)
+                    outputs = stage_outputs(q_acts.module, stage_batch(q_acts, indices), is_head, layers)
                     loss = reconstruction_error(outputs, targets, indices)
                     if step >= warmup:  # anneal beta 20 -> 2: first free, then pushed to 0/1
                         beta = 20 + (2 - 20) * (step - warmup) / max(1, iterations - warmup)
