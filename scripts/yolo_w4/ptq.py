@@ -41,7 +41,9 @@ class InputStats:
         return cols.reshape(self.groups, self.width, batch * positions)
 
     def add(self, x: torch.Tensor) -> None:
-        cols = self._columns(x)
+        self._accumulate(self._columns(x))
+
+    def _accumulate(self, cols: torch.Tensor) -> None:
         self.sum += cols.sum(-1, dtype=torch.float64)
         if self.gram is not None:  # float32 products (fast), float64 running sum
             self.gram += torch.bmm(cols, cols.transpose(1, 2)).double()
@@ -49,8 +51,8 @@ class InputStats:
 
     def add_pair(self, x: torch.Tensor, reference: torch.Tensor) -> None:
         """Add the quantized model's input x and the FP model's input `reference` for the same image."""
-        self.add(x)
         cols, ref = self._columns(x), self._columns(reference)
+        self._accumulate(cols)
         if self.cross is None:
             self.cross = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64)
             self.reference_sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
