@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from yolo_w4.config import needs_calibration, validate_config  # noqa: E402
+from yolo_w4.config import needs_calibration, needs_synthetic, validate_config  # noqa: E402
 from yolo_w4.errors import UserError  # noqa: E402
 from yolo_w4.runtime import resolve_precision  # noqa: E402
 
@@ -48,7 +48,8 @@ CALIBRATION = config["calibration"]
 
 CALIBRATED = [v for v in VARIANTS if needs_calibration(config["variants"][v])]
 MIXED = [v for v in VARIANTS if config["variants"][v]["mixed"]]
-for variant in CALIBRATED:
+SYNTHETIC = [v for v in VARIANTS if needs_synthetic(config["variants"][v])]
+for variant in CALIBRATED + SYNTHETIC:
     if config["variants"][variant]["method"] == "gptq" and not config["variants"][variant]["symmetric"]:
         fail(f"variant {variant}: method gptq needs symmetric: true (its grid has no zero point)")
 if CALIBRATED and not Path(CALIBRATION["annotations"]).is_file():
@@ -84,12 +85,16 @@ def calibration_ids():
     return f"{RUN}/calibration/image_ids.txt"
 
 
+def synthetic_path():
+    return f"{RUN}/calibration/{MODEL}-synthetic.pt"
+
+
 def sensitivity_path():
     return f"{RUN}/sensitivity/{MODEL}.csv"
 
 
 def quantize_inputs(wildcards):
-    """The checkpoint; calibration images for calibrated variants; the ranking for mixed ones."""
+    """The checkpoint; real or synthetic calibration images for calibrated variants; the ranking for mixed ones."""
     inputs = {"checkpoint": CHECKPOINT}
     if wildcards.variant in CALIBRATED:
         inputs.update(
@@ -97,6 +102,8 @@ def quantize_inputs(wildcards):
             calibration_annotations=CALIBRATION["annotations"],
             calibration_images=CALIBRATION["images"],
         )
+    if wildcards.variant in SYNTHETIC:
+        inputs["synthetic"] = synthetic_path()
     if wildcards.variant in MIXED:
         inputs["sensitivity"] = sensitivity_path()
     return inputs

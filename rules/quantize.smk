@@ -35,6 +35,32 @@ rule calibration_subset:
         "../scripts/calibration_subset.py"
 
 
+rule synthesize_calibration:
+    # Data-free calibration images: distilled from the checkpoint's BatchNorm statistics.
+    input:
+        checkpoint=CHECKPOINT,
+    output:
+        images=synthetic_path(),
+        picture=report(
+            f"{RUN}/calibration/{MODEL}-synthetic.png", caption="report/synthetic.rst", category="5. Calibration"
+        ),
+    params:
+        images=CALIBRATION["synthetic"]["images"],
+        imgsz=CALIBRATION["synthetic"]["imgsz"] or config["imgsz"],
+        steps=CALIBRATION["synthetic"]["steps"],
+        lr=CALIBRATION["synthetic"]["lr"],
+        seed=CALIBRATION["synthetic"]["seed"],
+        device=config["device"],
+    log:
+        f"{RUN}/logs/synthesize_calibration/{MODEL}.log",
+    benchmark:
+        f"{RUN}/benchmarks/synthesize_calibration/{MODEL}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/synthesize_calibration.py"
+
+
 rule layer_sensitivity:
     # Label-free ranking: output SQNR with one conv at 4 bits, every other FP.
     input:

@@ -22,4 +22,5 @@ run_rule(
     if "calibration_ids" in sm.input.keys()
     else None,
     sensitivity=sm.input.get("sensitivity"),
+    synthetic=sm.input.get("synthetic"),
 )

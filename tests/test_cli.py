@@ -33,3 +33,23 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):
         "error: checkpoint not found: missing.pt (set `checkpoint:` in the config or pass --config checkpoint=PATH)"
     ]
     assert not (tmp_path / "w4.pt").exists()
+
+
+def test_cli_data_free_gptq_on_synthesized_images(seeded_checkpoint, tmp_path):
+    import torch
+
+    ckpt = str(seeded_checkpoint)
+    result = cli("quantize", "--checkpoint", ckpt, "--out", "w4.pt", "--method", "gptq", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --method gptq needs calibration images: pass --synthetic FILE (from `synthesize`)"
+    ]
+    steps = [
+        ("synthesize", "--checkpoint", ckpt, "--imgsz", "64", "--images", "2", "--steps", "2", "--device", "cpu", "--out", "synthetic.pt"),
+        ("quantize", "--checkpoint", ckpt, "--imgsz", "64", "--method", "gptq", "--scale", "mse", "--synthetic", "synthetic.pt", "--out", "w4.pt"),
+    ]
+    for step in steps:
+        result = cli(*step, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    saved = torch.load(tmp_path / "w4.pt", weights_only=True)
+    assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_images"] == 2
+    assert any(layer["weights_changed"] for layer in saved["calibration"].values())

@@ -93,6 +93,12 @@ def unpickle_checkpoint(path) -> dict:
     return ckpt
 
 
+def unfused_model(path) -> torch.nn.Module:
+    """The checkpoint's model before Conv+BN fusing (FP32, eval): its BatchNorm statistics intact."""
+    ckpt = unpickle_checkpoint(path)
+    return (ckpt.get("ema") or ckpt["model"]).float().eval()
+
+
 def _detection_model(ckpt: dict, path) -> torch.nn.Module:
     from ultralytics.nn.modules.head import Detect
     from ultralytics.nn.tasks import DetectionModel

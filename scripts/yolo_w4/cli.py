@@ -2,6 +2,8 @@
 
     python -m yolo_w4 seed --out yolov10n-seed0.pt
     python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --bits 4
+    python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
+    python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --method gptq --scale mse --synthetic synthetic.pt
     python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
     python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
 """
@@ -28,10 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=0)
     seed.add_argument("--out", required=True)
 
+    synthesize = commands.add_parser("synthesize", help="checkpoint -> data-free calibration images (BatchNorm statistics)")
+    _common(synthesize)
+    synthesize.add_argument("--images", type=int, default=8)
+    synthesize.add_argument("--steps", type=int, default=200, help="optimiser steps per batch of 8 images")
+    synthesize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.add_argument("--out", required=True)
+
     quantize = commands.add_parser("quantize", help="checkpoint -> quantized state dict")
     _common(quantize)
     quantize.add_argument("--variant", default="w4a16")
     quantize.add_argument("--bits", type=int, default=4)
+    quantize.add_argument("--method", choices=("rtn", "gptq"), default="rtn", help="gptq needs --synthetic (real images: use the workflow)")
+    quantize.add_argument("--synthetic", help="calibration images from `synthesize` (for --method gptq)")
     quantize.add_argument("--scale", choices=("minmax", "mse"), default="minmax", help="calibrated scales: use the workflow")
     quantize.add_argument("--asymmetric", action="store_true")
     quantize.add_argument("--full-range", action="store_true", help="use -8..7 instead of -7..7 at 4 bits")
@@ -63,15 +75,28 @@ def run(args: argparse.Namespace) -> None:
     config = {k: v for k, v in vars(args).items() if k != "command"}
     if args.command == "seed":
         steps.seeded_step(args.out, args.arch, args.seed)
+    elif args.command == "synthesize":
+        steps.synthesize_step(
+            args.checkpoint, args.out, None, args.images, args.imgsz, args.steps, seed=args.seed, device=args.device
+        )
     elif args.command == "quantize":
+        if args.method == "gptq" and not args.synthetic:
+            raise UserError("--method gptq needs calibration images: pass --synthetic FILE (from `synthesize`)")
+        if args.method == "gptq" and args.asymmetric:
+            raise UserError("--method gptq needs a symmetric grid (its grid has no zero point): drop --asymmetric")
         settings = {
             "weight_bits": args.bits,
             "scale": args.scale,
             "symmetric": not args.asymmetric,
             "narrow_range": not args.full_range,
             "keep_float": args.keep_float,
+            "method": args.method,
         }
-        steps.quantize_step(args.checkpoint, args.out, args.variant, settings, args.head, args.imgsz)
+        if args.method == "gptq":
+            settings["calibration_source"] = "synthetic"
+        steps.quantize_step(
+            args.checkpoint, args.out, args.variant, settings, args.head, args.imgsz, synthetic=args.synthetic
+        )
     elif args.command == "export":
         record = Path(args.out).with_suffix(".json")
         steps.export_step(

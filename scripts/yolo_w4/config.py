@@ -51,7 +51,12 @@ def validate_config(config: dict, schema_path) -> dict:
 
 
 def check_variant(name: str, settings: dict) -> None:
-    """Combinations the schema cannot express: AdaRound learns rounding and biases on its own."""
+    """Combinations the schema cannot express, refused in one line."""
+    if settings.get("calibration_source") == "synthetic" and not calibrated(settings):
+        raise UserError(
+            f"invalid config at variants.{name}: calibration_source: synthetic needs a calibrated method "
+            "(method gptq or adaround, bias_correction empirical or scale output); round-to-nearest reads no images"
+        )
     if settings.get("method") != "adaround":
         return
     clashes = [
@@ -66,12 +71,25 @@ def check_variant(name: str, settings: dict) -> None:
         )
 
 
-def needs_calibration(settings: dict) -> bool:
-    """Whether a variant reads calibration images (its quantize job then depends on them)."""
+def calibrated(settings: dict) -> bool:
+    """Whether a variant fits its weights to calibration images, real or synthetic."""
     return (
         settings.get("method", "rtn") != "rtn"
         or settings.get("bias_correction", "none") == "empirical"
         or settings.get("scale") == "output"
-        or bool(settings.get("mixed"))
         or bool(settings.get("compensate_upstream"))
     )
+
+
+def needs_calibration(settings: dict) -> bool:
+    """Whether a variant reads real calibration images (its quantize job then depends on them).
+
+    Mixed precision always does: the layer ranking is measured on real images.
+    """
+    real = settings.get("calibration_source", "images") == "images"
+    return bool(settings.get("mixed")) or (calibrated(settings) and real)
+
+
+def needs_synthetic(settings: dict) -> bool:
+    """Whether a variant calibrates on images distilled from the checkpoint (no real image)."""
+    return calibrated(settings) and settings.get("calibration_source") == "synthetic"

@@ -21,6 +21,8 @@ def describe_settings(settings: dict | None) -> str:
         parts[0] += "+bias-corr" + ("(BN)" if settings["bias_correction"] == "bn" else "")
     if settings.get("compensate_upstream"):
         parts[0] += "+upstream-comp"
+    if settings.get("calibration_source") == "synthetic":
+        parts[0] += " on synthetic images (data-free)"
     grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
     parts.append(grid)
     if settings.get("mixed"):

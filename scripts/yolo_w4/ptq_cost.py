@@ -6,7 +6,10 @@ method on `--images` calibration images. GPTQ's cost is forward passes and stati
 images, plus solves, which do not: its time is also extrapolated linearly to 128 images
 (the default calibration set), an upper bound. AdaRound's cost is its optimiser steps
 (`iterations` x `batch` images per stage), nearly independent of the calibration set size,
-so it is not extrapolated. Prints a table, writes JSON.
+so it is not extrapolated. `synthesis` times the distillation of data-free calibration
+images (`calibration_source: synthetic`) for `--synthesis-steps` optimiser steps and
+extrapolates exactly (each step is one forward and backward pass of the same batch) to the
+default 200 steps. Prints a table, writes JSON.
 """
 
 import argparse
@@ -23,7 +26,9 @@ METHODS = {
     "gptq": {"method": "gptq", "scale": "mse"},
     "gptq_up": {"method": "gptq", "scale": "mse", "compensate_upstream": True},
     "adaround": {"method": "adaround"},
+    "synthesis": None,  # not a PTQ method: the data-free images GPTQ then calibrates on
 }
+SYNTHESIS_STEPS = 200  # the config default (calibration.synthetic.steps)
 
 
 def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
@@ -35,8 +40,18 @@ def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
     return [photos[i % len(photos)] for i in range(count)]
 
 
-def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS)) -> list[dict]:
-    from yolo_w4.checkpoint import load_detector
+def measure_synthesis(unfused, count: int, imgsz: int, steps: int) -> tuple[float, float]:
+    """Seconds for `steps` distillation steps, and extrapolated to the default step count."""
+    from yolo_w4.synthetic import synthesize_images
+
+    started = time.perf_counter()
+    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps)
+    seconds = time.perf_counter() - started
+    return seconds, seconds * SYNTHESIS_STEPS / steps
+
+
+def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), synthesis_steps: int = 10) -> list[dict]:
+    from yolo_w4.checkpoint import load_detector, unfused_model
     from yolo_w4.quantize import quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
     from yolo_w4.steps import calibrated_ptq
@@ -44,11 +59,22 @@ def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS)) -> 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_seeded_checkpoint(Path(folder) / "seeded.pt", arch)
         detector = load_detector(checkpoint, "one2many", imgsz)
+        unfused = unfused_model(checkpoint) if "synthesis" in methods else None
     images = calibration_images(count, imgsz)
     selected = quantizable_layers(detector.model)
     parameters = sum(detector.model.get_submodule(name).weight.numel() for name in selected)
     rows = []
     for method in methods:
+        if method == "synthesis":
+            seconds, full = measure_synthesis(unfused, count, imgsz, synthesis_steps)
+            rows.append(
+                {
+                    "arch": arch, "method": method, "images": count, "steps": synthesis_steps,
+                    "seconds": round(seconds, 2), f"seconds_{SYNTHESIS_STEPS}_steps": round(full, 1),
+                }
+            )  # fmt: skip
+            print(f"{arch:16} {method:10} {count:4} images {seconds:8.1f} s   {SYNTHESIS_STEPS} steps: {full:.0f} s", flush=True)
+            continue
         settings = {"weight_bits": 4, "narrow_range": True, **METHODS[method]}
         model = quantize_weights(detector.model, settings)
         started = time.perf_counter()
@@ -71,9 +97,10 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to 200)")
     parser.add_argument("--out", default="results/ptq-cost.json")
     args = parser.parse_args(argv)
-    rows = [row for arch in args.arch for row in measure(arch, args.images, args.imgsz, args.methods)]
+    rows = [row for arch in args.arch for row in measure(arch, args.images, args.imgsz, args.methods, args.synthesis_steps)]
     write_json(args.out, {"rows": rows, "threads": torch.get_num_threads(), "versions": versions(), "created": utc_now()})
     print(f"wrote {args.out}")
 

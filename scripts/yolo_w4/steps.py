@@ -19,18 +19,46 @@ def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
     build_seeded_checkpoint(output, arch, seed)
 
 
+def synthesize_step(
+    checkpoint, output, picture=None, images=8, imgsz=640, steps=200, lr=0.05, seed=0, device="auto"
+) -> dict:
+    """checkpoint -> data-free calibration images distilled from its BatchNorm statistics (+ record, picture).
+
+    device auto: CUDA where torch sees it (the distillation is the costly part), else CPU.
+    """
+    import time
+
+    import torch
+
+    from yolo_w4.checkpoint import unfused_model
+    from yolo_w4.synthetic import contact_sheet, save_synthetic, synthesize_images
+
+    started = time.perf_counter()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = {"images": images, "imgsz": imgsz, "steps": steps, "lr": lr, "seed": seed}
+    tensors = synthesize_images(unfused_model(checkpoint), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device)
+    settings["device"] = device
+    settings["seconds"] = round(time.perf_counter() - started, 1)
+    if picture:
+        contact_sheet(tensors, picture)
+    return save_synthetic(output, tensors, settings, input_record({"checkpoint": checkpoint}))
+
+
 def quantize_step(
-    checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None
+    checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None,
+    synthetic=None,
 ) -> dict:
     """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
 
-    calibration: {ids, annotations, images, limit} for calibrated variants (GPTQ, bias
-    correction); sensitivity: the layer ranking CSV for mixed-precision variants.
+    calibration: {ids, annotations, images, limit} for variants calibrated on real images;
+    synthetic: the distilled images file for `calibration_source: synthetic`; sensitivity:
+    the layer ranking CSV for mixed-precision variants.
     """
     import time
 
     from yolo_w4.calibration import calibration_tensors
-    from yolo_w4.config import needs_calibration
+    from yolo_w4.config import needs_calibration, needs_synthetic
     from yolo_w4.quantize import quantizable_layers
     from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
 
@@ -45,23 +73,29 @@ def quantize_step(
         settings["layer_bits"] = {name: mixed["high_bits"] for name in high}
     model = quantize_weights(detector.model, settings)
     records = None
-    if needs_calibration(settings):
-        images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit"))
+    if needs_synthetic(settings) or needs_calibration(settings):
+        if needs_synthetic(settings):
+            from yolo_w4.synthetic import load_synthetic
+
+            images, made = load_synthetic(synthetic)
+            settings["synthesis_seconds"] = made["settings"]["seconds"]  # counted in ptq_seconds below
+        else:
+            images = calibration_tensors(
+                calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
+            )
         bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
         records = calibrated_ptq(detector.model, model, images, settings, bits)
         settings["calibration_images"] = len(images)
     if settings.get("bias_correction") == "bn":
-        from yolo_w4.checkpoint import unpickle_checkpoint
+        from yolo_w4.checkpoint import unfused_model
         from yolo_w4.data_free import bn_bias_correction, input_means
 
-        checkpoint_data = unpickle_checkpoint(checkpoint)
-        unfused = (checkpoint_data.get("ema") or checkpoint_data["model"]).float().eval()
-        shifts = bn_bias_correction(model, detector.model, input_means(unfused, imgsz))
+        shifts = bn_bias_correction(model, detector.model, input_means(unfused_model(checkpoint), imgsz))
         records = records or {}
         for name, shift in shifts.items():
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
         print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
-    settings["ptq_seconds"] = round(time.perf_counter() - started, 1)
+    settings["ptq_seconds"] = round(time.perf_counter() - started + settings.get("synthesis_seconds", 0), 1)
     record = save_quantized(output, model, detector, variant, settings, records)
     summary = record["summary"]
     print(

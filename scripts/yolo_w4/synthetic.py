@@ -1,0 +1,117 @@
+"""Data-free calibration images, distilled from the checkpoint's BatchNorm statistics (ZeroQ, Cai et al. 2020).
+
+Every BatchNorm layer remembers the mean and spread of its input over the training data.
+Starting from grey noise, a batch of images is optimised until each BatchNorm sees its own
+running statistics on it; such images exercise the network as real ones do, so GPTQ can
+fit 4-bit weights to them without a single real image. They are stored as 8-bit RGB, the
+same letterboxed [0, 1] input the evaluation images are.
+"""
+
+import time
+
+import torch
+
+
+def batchnorm_layers(unfused_model) -> list:
+    """The BatchNorm layers whose running statistics the images are matched to."""
+    return [module for module in unfused_model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+
+
+def statistics_loss(inputs: list, layers: list) -> torch.Tensor:
+    """Mean over layers of the squared distance of the batch's channel mean and std to the running ones."""
+    total = 0.0
+    for x, bn in zip(inputs, layers):
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        total = total + (mean - bn.running_mean).pow(2).mean() + (var.sqrt() - bn.running_var.sqrt()).pow(2).mean()
+    return total / len(layers)
+
+
+def synthesize_images(
+    unfused_model, count: int = 8, imgsz: int = 640, steps: int = 200, lr: float = 0.05, batch: int = 8, seed: int = 0,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """`count` images (uint8, N x 3 x imgsz x imgsz) on which the model's BatchNorms see their training statistics.
+
+    Costs `steps` forward and backward passes per batch of 8: minutes on a CPU for small models.
+    """
+    model = unfused_model.float().eval().to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ValueError("the checkpoint has no BatchNorm layers (already fused?): nothing to distil images from")
+    seen = {}
+    handles = [bn.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0])) for bn in layers]
+    generator = torch.Generator().manual_seed(seed)
+    images, started = [], time.perf_counter()
+    try:
+        for first in range(0, count, batch):
+            size = min(batch, count - first)
+            noise = 0.4 + 0.2 * torch.rand(size, 3, imgsz, imgsz, generator=generator)
+            x = torch.nn.Parameter(noise.to(device))
+            optimiser = torch.optim.Adam([x], lr=lr)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+            for _ in range(steps):
+                model(x)
+                loss = statistics_loss([seen[bn] for bn in layers], layers)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+            images.append((x.detach() * 255).round().to(torch.uint8).cpu())
+            print(f"synthetic images {first + size}/{count}: BatchNorm statistics loss {float(loss.detach()):.5f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(images)
+
+
+def as_calibration(images: torch.Tensor) -> list:
+    """uint8 images -> the (1, 3, H, W) float [0, 1] tensors calibrated PTQ reads."""
+    return [image.unsqueeze(0).float() / 255 for image in images]
+
+
+FORMAT = "yolo_w4.synthetic_images/1"
+
+
+def contact_sheet(images: torch.Tensor, path, columns: int = 4, size: int = 160) -> None:
+    """The distilled images side by side in one PNG, so the report shows what GPTQ calibrated on."""
+    from PIL import Image
+
+    from yolo_w4.files import atomic_path
+
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * size, rows * size), (255, 255, 255))
+    for index, image in enumerate(images):
+        tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size, size))
+        sheet.paste(tile, ((index % columns) * size, (index // columns) * size))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def save_synthetic(path, images: torch.Tensor, settings: dict, inputs: dict) -> dict:
+    """Write the images with what made them (settings, checkpoint sha256, versions); return the record."""
+    from yolo_w4.files import atomic_path
+    from yolo_w4.provenance import utc_now, versions
+
+    record = {"format": FORMAT, "settings": settings, "inputs": inputs, "versions": versions(), "created": utc_now()}
+    with atomic_path(path) as tmp:
+        torch.save({**record, "images": images}, tmp)
+    return record
+
+
+def load_synthetic(path) -> tuple[list, dict]:
+    """The calibration tensors of a file `save_synthetic` wrote, and its record; anything else is one clear error."""
+    from yolo_w4.errors import UserError
+
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise UserError(f"{path}: not a synthetic calibration file ({type(error).__name__}); re-run rule synthesize_calibration") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path}: not a synthetic calibration file (format {FORMAT}); re-run rule synthesize_calibration")
+    images = data.pop("images")
+    return as_calibration(images), data
