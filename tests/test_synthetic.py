@@ -49,11 +49,13 @@ def test_gptq_on_synthetic_images_beats_round_to_nearest_on_real_images(proxy, u
     assert ours_db > rtn_db + 3, (rtn_db, ours_db)
 
 
-def test_synthetic_source_needs_a_calibrated_method_and_a_synthetic_file(tmp_path):
+def test_synthetic_source_needs_a_calibrated_method_batchnorm_and_a_synthetic_file(tmp_path):
     with pytest.raises(UserError, match="calibration_source: synthetic needs a calibrated method") as error:
         check_variant("w4", {"method": "rtn", "calibration_source": "synthetic"})
     assert "\n" not in str(error.value)
     check_variant("w4", {"method": "gptq", "calibration_source": "synthetic"})
+    with pytest.raises(UserError, match="no BatchNorm layers .* calibration_source: images"):
+        synthesize_images(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), count=1, imgsz=32, steps=1)
     wrong = tmp_path / "wrong.pt"
     torch.save({"images": torch.zeros(1, 3, 32, 32, dtype=torch.uint8)}, wrong)
     with pytest.raises(UserError, match="not a synthetic calibration file"):

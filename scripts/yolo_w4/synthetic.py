@@ -39,7 +39,12 @@ def synthesize_images(
         parameter.requires_grad_(False)
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError("the checkpoint has no BatchNorm layers (already fused?): nothing to distil images from")
+        from yolo_w4.errors import UserError
+
+        raise UserError(
+            "the checkpoint has no BatchNorm layers (already fused?), so no images can be distilled from it; "
+            "use a training checkpoint or set the variant's calibration_source: images"
+        )
     seen = {}
     handles = [bn.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0])) for bn in layers]
     generator = torch.Generator().manual_seed(seed)
