@@ -292,6 +292,9 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
     saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16-ptq.pt", weights_only=True)
     assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_images"] == 2
     assert saved["settings"]["ptq_seconds"] >= saved["settings"]["synthesis_seconds"] == synthetic["settings"]["seconds"]
+    from yolo_w4.provenance import sha256
+
+    assert saved["settings"]["synthetic_images_sha256"] == sha256(results / "calibration" / "yolov10n-seed0-synthetic.pt")
     assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
     metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16.json").read_text())
     assert "synthetic images" in metrics["settings"]

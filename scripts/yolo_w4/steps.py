@@ -77,8 +77,11 @@ def quantize_step(
         if needs_synthetic(settings):
             from yolo_w4.synthetic import load_synthetic
 
-            images, made = load_synthetic(synthetic)
-            settings["synthesis_seconds"] = made["settings"]["seconds"]  # counted in ptq_seconds below
+            from yolo_w4.provenance import sha256
+
+            images, synthesis = load_synthetic(synthetic)
+            settings["synthesis_seconds"] = synthesis["settings"]["seconds"]  # counted in ptq_seconds below
+            settings["synthetic_images_sha256"] = sha256(synthetic)
         else:
             images = calibration_tensors(
                 calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
