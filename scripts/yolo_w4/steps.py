@@ -59,8 +59,10 @@ def quantize_step(
 
     from yolo_w4.calibration import calibration_tensors
     from yolo_w4.config import needs_calibration, needs_synthetic
+    from yolo_w4.provenance import sha256
     from yolo_w4.quantize import quantizable_layers
     from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
+    from yolo_w4.synthetic import load_synthetic
 
     started = time.perf_counter()
     detector = load_detector(checkpoint, head, imgsz)
@@ -73,19 +75,16 @@ def quantize_step(
         settings["layer_bits"] = {name: mixed["high_bits"] for name in high}
     model = quantize_weights(detector.model, settings)
     records = None
-    if needs_synthetic(settings) or needs_calibration(settings):
-        if needs_synthetic(settings):
-            from yolo_w4.synthetic import load_synthetic
-
-            from yolo_w4.provenance import sha256
-
-            images, synthesis = load_synthetic(synthetic)
-            settings["synthesis_seconds"] = synthesis["settings"]["seconds"]  # counted in ptq_seconds below
-            settings["synthetic_images_sha256"] = sha256(synthetic)
-        else:
-            images = calibration_tensors(
-                calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
-            )
+    images = None
+    if needs_synthetic(settings):
+        images, synthesis = load_synthetic(synthetic)
+        settings["synthesis_seconds"] = synthesis["settings"]["seconds"]  # counted in ptq_seconds below
+        settings["synthetic_images_sha256"] = sha256(synthetic)
+    elif needs_calibration(settings):
+        images = calibration_tensors(
+            calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
+        )
+    if images is not None:
         bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
         records = calibrated_ptq(detector.model, model, images, settings, bits)
         settings["calibration_images"] = len(images)
