@@ -49,6 +49,7 @@ CALIBRATION = config["calibration"]
 CALIBRATED = [v for v in VARIANTS if needs_calibration(config["variants"][v])]
 MIXED = [v for v in VARIANTS if config["variants"][v]["mixed"]]
 SYNTHETIC = [v for v in VARIANTS if needs_synthetic(config["variants"][v])]
+PACKED = [v for v in VARIANTS if config["variants"][v]["weight_bits"] <= 4]  # variants with 4-bit weights to pack
 for variant in CALIBRATED + SYNTHETIC:
     if config["variants"][variant]["method"] == "gptq" and not config["variants"][variant]["symmetric"]:
         fail(f"variant {variant}: method gptq needs symmetric: true (its grid has no zero point)")
@@ -75,6 +76,11 @@ def onnx_path(variant):
     if variant == FP:
         return f"{RUN}/onnx/{MODEL}-{PRECISION}.onnx"
     return f"{RUN}/onnx/{MODEL}-{variant}-qcdq-ptq.onnx"
+
+
+def int4_path(variant):
+    """The QCDQ model with its 4-bit weights packed as ONNX INT4 (the deployable size)."""
+    return f"{RUN}/onnx/{MODEL}-{variant}-int4-ptq.onnx"
 
 
 def smoke_path(variant):
@@ -121,6 +127,10 @@ def export_record(variant):
     return str(Path(onnx_path(variant)).with_suffix(".json"))
 
 
+def int4_record(variant):
+    return str(Path(int4_path(variant)).with_suffix(".json"))
+
+
 def metrics_path(variant, kind="metrics"):
     """kind: metrics (the JSON of numbers) or detections (COCO results list)."""
     suffix = "" if kind == "metrics" else "-detections"
@@ -155,6 +165,7 @@ def all_outputs():
     return [
         *(quantized_path(v) for v in VARIANTS),
         *(onnx_path(v) for v in [FP, *VARIANTS]),
+        *(int4_path(v) for v in PACKED),
         *(smoke_path(v) for v in [FP, *VARIANTS]),
         *(metrics_path(v) for v in [FP, *VARIANTS]),
         *(report_path(key) for key in REPORT_FILES),

@@ -36,3 +36,17 @@ rule export_qcdq:
         "../envs/torch.yaml"
     script:
         "../scripts/export_onnx.py"
+
+
+rule pack_int4:
+    input:
+        onnx=lambda wc: onnx_path(wc.variant),
+    output:
+        onnx=f"{RUN}/onnx/{{model}}-{{variant}}-int4-ptq.onnx",
+        record=f"{RUN}/onnx/{{model}}-{{variant}}-int4-ptq.json",
+    log:
+        f"{RUN}/logs/pack_int4/{{model}}-{{variant}}.log",
+    conda:
+        "../envs/onnxruntime.yaml"
+    script:
+        "../scripts/pack_int4.py"

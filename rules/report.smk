@@ -4,6 +4,7 @@ rule deltas_report:
         metrics=[metrics_path(v) for v in [FP, *VARIANTS]],
         detections=[metrics_path(v, "detections") for v in [FP, *VARIANTS]],
         exports=[export_record(v) for v in [FP, *VARIANTS]],
+        packed=[int4_record(v) for v in PACKED],
         latency=rules.benchmark_latency.output[0],
     output:
         csv=report(report_path("csv"), caption="report/deltas_csv.rst", category="1. Deltas vs FP", labels={"table": "all metrics (CSV)"}),
@@ -16,6 +17,7 @@ rule deltas_report:
         latency_plot=report(report_path("latency_plot"), caption="report/latency_plot.rst", category="2. Plots", labels={"figure": "latency"}),
     params:
         names=[FP, *VARIANTS],
+        packed=PACKED,
         resamples=config["bootstrap"]["resamples"],
         seed=config["bootstrap"]["seed"],
     log:

@@ -11,6 +11,7 @@ run_rule(
     metrics=dict(zip(names, sm.input.metrics)),
     detections=dict(zip(names, sm.input.detections)),
     exports=dict(zip(names, sm.input.exports)),
+    packed=dict(zip(sm.params.packed, sm.input.packed)),
     latency=sm.input.latency,
     annotations=sm.input.annotations,
     outputs=dict(sm.output.items()),

@@ -16,6 +16,7 @@ def test_cli_quantize_export_smoke(seeded_checkpoint, tmp_path):
     steps = [
         ("quantize", "--checkpoint", ckpt, "--out", "w4.pt", "--scale", "mse"),
         ("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--out", "w4.onnx"),
+        ("pack", "--onnx", "w4.onnx", "--out", "w4-int4.onnx"),
         ("smoke", "--checkpoint", ckpt, "--quantized", "w4.pt", "--onnx", "w4.onnx", "--device", "cpu", "--runs", "2", "--out", "smoke.json"),
     ]
     for step in steps:
@@ -23,7 +24,13 @@ def test_cli_quantize_export_smoke(seeded_checkpoint, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     smoke = json.loads((tmp_path / "smoke.json").read_text())
     assert smoke["variant"] == "w4a16" and smoke["parity"]["sqnr_db"] >= 80
-    assert json.loads((tmp_path / "w4.json").read_text())["settings"]["scale"] == "mse"
+    export = json.loads((tmp_path / "w4.json").read_text())
+    assert export["settings"]["scale"] == "mse"
+    packed = json.loads((tmp_path / "w4-int4.json").read_text())
+    assert packed["layers_packed"] == len(export["weight_clips"]) and packed["parity_vs_qcdq"]["max_abs_diff"] == 0.0
+    result = cli("pack", "--onnx", "w4-int4.onnx", "--out", "again.onnx", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: w4-int4.onnx is already INT4-packed")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "again.onnx").exists()
 
 
 def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):

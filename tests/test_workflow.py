@@ -82,6 +82,8 @@ def test_run_writes_every_artifact(run):
         assert (results / "logs" / "quantize_weights" / f"{model}-{variant}.log").is_file()
         assert (results / "benchmarks" / "quantize_weights" / f"{model}-{variant}.tsv").is_file()
     assert (results / "onnx" / f"{model}-fp32.onnx").is_file()
+    packed = sorted(p.name for p in (results / "onnx").glob("*-int4-ptq.onnx"))
+    assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_mixed")], "8-bit variants have nothing to pack"
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [
         f"{model}-fp.json",
         f"{model}-w4a16.json",
@@ -199,6 +201,12 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
     assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
     assert all(float(row["size_ratio"]) < 0.35 for row in rows[1:])
+    packed = json.loads((results / "onnx" / "yolov10n-seed0-w4a16-int4-ptq.json").read_text())
+    assert packed["parity_vs_qcdq"]["max_abs_diff"] == 0.0 and packed["layers_kept_int8"] == 0
+    assert packed["inputs"]["qcdq"]["sha256"] and packed["versions"]["onnx"]
+    assert int(w4["int4_bytes"]) == packed["bytes"] < 0.6 * int(w4["onnx_bytes"])
+    assert float(w4["size_ratio"]) == pytest.approx(packed["bytes"] / int(fp["onnx_bytes"]), abs=1e-4)
+    assert next(row for row in rows if row["variant"] == "w8a16")["int4_bytes"] == "", "nothing packed at 8 bits"
     assert w4["provider"] == "CPUExecutionProvider"
     page = (results / "report" / "deltas.html").read_text()
     assert "RANDOM WEIGHTS" in page and f"{float(w4['mAP50_95']):.3f}" in page
@@ -268,6 +276,8 @@ def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(ru
     assert 0.9 <= metrics["weights_4bit_fraction"] < 1.0 and metrics["ptq_seconds"] > 0
     export = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_mixed-qcdq-ptq.json").read_text())
     assert export["weight_clip_ranges"] == [[-127, 127], [-7, 7]]
+    packed = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_mixed-int4-ptq.json").read_text())
+    assert packed["layers_kept_int8"] == len(eight_bit) and packed["parity_vs_qcdq"]["max_abs_diff"] == 0.0
 
 
 def test_data_free_variant_needs_no_calibration_images(run):

@@ -5,6 +5,7 @@
     python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
     python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --method gptq --scale mse --synthetic synthetic.pt
     python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
+    python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
     python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
 """
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     export.add_argument("--out", required=True)
 
+    pack = commands.add_parser("pack", help="QCDQ ONNX -> the same model with 4-bit weights packed as ONNX INT4")
+    pack.add_argument("--onnx", required=True, help="QCDQ export of a quantized model")
+    pack.add_argument("--out", required=True)
+
     smoke = commands.add_parser("smoke", help="run an ONNX in ONNX Runtime, compare with PyTorch")
     _common(smoke)
     smoke.add_argument("--onnx", required=True)
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace) -> None:
         steps.export_step(
             args.checkpoint, args.out, record, args.quantized, args.precision, args.head, args.imgsz, config
         )
+    elif args.command == "pack":
+        steps.pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), config)
     elif args.command == "smoke":
         variant = args.variant or ("fp" if not args.quantized else None)
         if variant is None:

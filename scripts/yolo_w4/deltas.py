@@ -33,12 +33,15 @@ def describe_settings(settings: dict | None) -> str:
     return ", ".join(parts)
 
 
-def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> list[dict]:
+def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict, packed: dict | None = None) -> list[dict]:
     """One row per model (FP first): metrics, deltas vs FP, bootstrap interval, size, latency.
 
     metrics: {variant: metrics JSON}; intervals: {variant: paired bootstrap of the mAP50-95
-    delta}; exports: {variant: ONNX export record}; latency: interleaved benchmark JSON.
+    delta}; exports: {variant: ONNX export record}; latency: interleaved benchmark JSON;
+    packed: {variant: INT4 packing record} for variants with 4-bit weights. "size vs FP" is
+    the smallest file that runs: the INT4-packed one where it exists.
     """
+    packed = packed or {}
     base = metrics[FP]["metrics"]
     base_bytes = exports[FP]["bytes"]
     timing = latency["models"]
@@ -63,7 +66,8 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict) -> 
         row["delta_mAP50_95_ci_low"] = interval["low"] if interval else None
         row["delta_mAP50_95_ci_high"] = interval["high"] if interval else None
         row["onnx_bytes"] = exports[variant]["bytes"]
-        row["size_ratio"] = round(exports[variant]["bytes"] / base_bytes, 4)
+        row["int4_bytes"] = packed[variant]["bytes"] if variant in packed else None
+        row["size_ratio"] = round((row["int4_bytes"] or row["onnx_bytes"]) / base_bytes, 4)
         row["latency_median_ms"] = timing[variant]["median_ms"]
         row["latency_p90_ms"] = timing[variant]["p90_ms"]
         row["latency_ratio"] = timing[variant]["ratio_to_baseline"]
@@ -91,6 +95,7 @@ SUMMARY_COLUMNS = (
     ("95% CI of Δ", lambda r: f"[{_fmt(r['delta_mAP50_95_ci_low'], 4)}, {_fmt(r['delta_mAP50_95_ci_high'], 4)}]" if r["variant"] != FP else "—"),
     ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),
+    ("INT4 MB", lambda r: _fmt(r["int4_bytes"] / 1e6, 2) if r["int4_bytes"] else "—"),
     ("size vs FP", lambda r: _fmt(r["size_ratio"], 3, "×")),
     ("latency ms (median)", lambda r: _fmt(r["latency_median_ms"], 2)),
     ("latency vs FP", lambda r: _fmt(r["latency_ratio"], 3, "×")),

@@ -118,8 +118,14 @@ def latency_step(models: dict, ids_file, annotations, images, output, device="au
     return result
 
 
-def report_step(metrics: dict, detections: dict, exports: dict, latency, annotations, outputs: dict, resamples=1000, seed=0, config=None) -> list[dict]:
-    """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots."""
+def report_step(
+    metrics: dict, detections: dict, exports: dict, latency, annotations, outputs: dict, resamples=1000, seed=0, config=None,
+    packed=None,
+) -> list[dict]:
+    """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots.
+
+    packed: {variant: INT4 packing record} for the variants with 4-bit weights.
+    """
     from yolo_w4 import plots, report
     from yolo_w4.bootstrap import paired_bootstrap
     from yolo_w4.coco_subset import load_coco
@@ -128,6 +134,7 @@ def report_step(metrics: dict, detections: dict, exports: dict, latency, annotat
 
     metrics = {name: _load_json(path) for name, path in metrics.items()}
     exports = {name: _load_json(path) for name, path in exports.items()}
+    packed = {name: _load_json(path) for name, path in (packed or {}).items()}
     latency = _load_json(latency)
     ids = metrics[FP]["image_ids_sha256"]
     for name, record in metrics.items():
@@ -141,7 +148,7 @@ def report_step(metrics: dict, detections: dict, exports: dict, latency, annotat
         for name in metrics
         if name != FP
     }
-    rows = delta_rows(metrics, intervals, exports, latency)
+    rows = delta_rows(metrics, intervals, exports, latency, packed)
     notes = report_notes(metrics, latency, resamples)
     title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
     report.write_csv(outputs["csv"], rows)
@@ -170,6 +177,10 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
         f"head {base['head']}, conf {base['conf']}" + (f", NMS IoU {base['iou']}" if base["iou"] else "") + "."
     )
     notes.append(f"Δ = variant − FP; 95% CI: paired bootstrap over images, {resamples} resamples.")
+    notes.append(
+        "Size vs FP: the INT4 file (4-bit weights packed two per byte, opset 21) where a variant has one, "
+        "else its ONNX file; QCDQ keeps 4-bit weights in int8."
+    )
     notes.append(
         f"Latency: {latency['method']}; {len(latency['images'])} images x {latency['rounds']} rounds, "
         f"batch 1, model only (no pre/post-processing)."

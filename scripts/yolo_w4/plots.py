@@ -37,10 +37,10 @@ def plot_map(rows: list[dict], path) -> None:
 def plot_size_vs_map(rows: list[dict], path) -> None:
     figure, axis = plt.subplots(figsize=(5.5, 4))
     for row in rows:
-        size = row["onnx_bytes"] / 1e6
+        size = (row["int4_bytes"] or row["onnx_bytes"]) / 1e6
         axis.scatter(size, row["mAP50_95"] or 0, s=50)
         axis.annotate(row["variant"], (size, row["mAP50_95"] or 0), textcoords="offset points", xytext=(6, 4))
-    axis.set_xlabel("ONNX file size (MB)")
+    axis.set_xlabel("ONNX file size (MB; INT4-packed where 4-bit)")
     axis.set_ylabel("mAP50-95")
     axis.set_title("Size vs accuracy")
     _save(figure, path)
