@@ -51,3 +51,27 @@ def test_every_rule_has_a_log():
     for rules in (ROOT / "rules").glob("*.smk"):
         text = rules.read_text()
         assert text.count("\nrule ") + text.startswith("rule ") == text.count("    log:"), rules.name
+
+
+def test_rules_in_envs_without_pytorch_import_no_pytorch():
+    """A rule script in an env without torch must not pull it in (steps.py does; eval_steps.py must not)."""
+    import subprocess
+    import sys
+
+    def has_torch(env: str) -> bool:
+        dependencies = yaml.safe_load((ROOT / "envs" / env).read_text())["dependencies"]
+        pip = next(d["pip"] for d in dependencies if isinstance(d, dict) and "pip" in d)
+        return any(p.startswith("torch==") for p in pip)
+
+    scripts = []
+    for rules in (ROOT / "rules").glob("*.smk"):
+        for block in re.split(r"\nrule ", rules.read_text()):
+            env = re.search(r'conda:\s*\n\s*"\.\./envs/([^"]+)"', block)
+            script = re.search(r'script:\s*\n\s*"\.\./(scripts/[^"]+)"', block)
+            if env and script and not has_torch(env.group(1)):
+                scripts.append(script.group(1))
+    assert "scripts/pack_int4.py" in scripts and "scripts/deltas_report.py" in scripts
+    imports = sorted({line for s in scripts for line in (ROOT / s).read_text().splitlines() if line.startswith("from yolo_w4")})
+    blocked = "import sys\nfor name in ('torch', 'brevitas', 'ultralytics'):\n    sys.modules[name] = None\n"
+    result = subprocess.run([sys.executable, "-c", blocked + "\n".join(imports)], cwd=ROOT / "scripts", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1500:]

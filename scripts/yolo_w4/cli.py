@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> None:
             args.checkpoint, args.out, record, args.quantized, args.precision, args.head, args.imgsz, config
         )
     elif args.command == "pack":
-        steps.pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), config)
+        from yolo_w4.eval_steps import pack_step
+
+        pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), config)
     elif args.command == "smoke":
         variant = args.variant or ("fp" if not args.quantized else None)
         if variant is None:

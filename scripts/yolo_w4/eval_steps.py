@@ -1,4 +1,4 @@
-"""The evaluation and report steps: COCO subset, scoring, latency, deltas, pictures.
+"""The ONNX-side steps: INT4 packing, COCO subset, scoring, latency, deltas, pictures.
 
 Like `steps.py`, each reads inputs, calls the library, writes outputs; these need only
 ONNX Runtime, pycocotools, OpenCV and matplotlib (no PyTorch), so they run in the small
@@ -204,3 +204,44 @@ def draw_step(image_dir, annotations, fp_detections, detections, variant, output
     return draw_side_by_side(
         Path(image_dir) / image["file_name"], image_id, _load_json(fp_detections), _load_json(detections), variant, names, output, conf
     )
+
+
+def pack_step(qcdq, output, record_path, config=None) -> dict:
+    """QCDQ ONNX -> INT4-packed ONNX, proven to give ONNX Runtime the same outputs (+ a JSON)."""
+    import numpy as np
+
+    from yolo_w4.pack_int4 import pack_int4
+    from yolo_w4.runtime import create_session, input_feed
+
+    packing = pack_int4(qcdq, output)
+    outputs = []
+    for path in (qcdq, output):
+        session, _ = create_session(path, "cpu")
+        shape = session.get_inputs()[0].shape
+        image = np.random.default_rng(0).random(shape, dtype=np.float32)  # every weight used; any input will do
+        outputs.append(session.run(None, input_feed(session, image))[0].astype(np.float64))
+    max_abs_diff = float(np.abs(outputs[0] - outputs[1]).max())
+    if max_abs_diff > 1e-6 * max(1.0, float(np.abs(outputs[0]).max())):
+        Path(output).unlink()
+        raise RuntimeError(f"INT4 packing changed the outputs of {qcdq} (max abs diff {max_abs_diff}); not written")
+    qcdq_bytes, packed_bytes = Path(qcdq).stat().st_size, Path(output).stat().st_size
+    record = {
+        "onnx": str(output),
+        "bytes": packed_bytes,
+        "format": "int4",
+        "qcdq_bytes": qcdq_bytes,
+        "ratio_to_qcdq": round(packed_bytes / qcdq_bytes, 4),
+        **packing,
+        "parity_vs_qcdq": {"max_abs_diff": max_abs_diff, "input": "seeded uniform [0, 1) image", "provider": "CPUExecutionProvider"},
+        "checker": "onnx.checker.check_model(full_check=True) passed",
+        "inputs": input_record({"qcdq": qcdq}),
+        "config": config,
+        "versions": versions(),
+        "created": utc_now(),
+    }
+    write_json(record_path, record)
+    print(
+        f"wrote {output}: {packed_bytes:,} bytes ({record['ratio_to_qcdq']:.3f}x the QCDQ file), "
+        f"{packing['layers_packed']} weights INT4, {packing['layers_kept_int8']} kept int8, max abs diff {max_abs_diff}"
+    )
+    return record
