@@ -83,3 +83,13 @@ def test_fp_model_is_refused_and_nothing_is_written(detector, tmp_path):
     with pytest.raises(UserError, match="has no quantized weights .* pack the QCDQ export of a quantized variant"):
         pack_int4(fp, tmp_path / "fp-int4.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp.onnx"]
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "ONNX file not found: "), (b"not a model", "is not an ONNX model")])
+def test_missing_or_broken_file_is_one_clear_error(tmp_path, content, message):
+    source = tmp_path / "w4.onnx"
+    if content is not None:
+        source.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        pack_int4(source, tmp_path / "w4-int4.onnx")
+    assert not (tmp_path / "w4-int4.onnx").exists()

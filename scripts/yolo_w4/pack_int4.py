@@ -11,6 +11,7 @@ Runtime computes exactly the same outputs (checked by `pack_step`).
 """
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -58,8 +59,14 @@ def _drop_unused(graph) -> None:
 
 
 def pack_int4(qcdq_path, output) -> dict:
-    """QCDQ ONNX -> the same model with INT4 weights; returns what was packed and the sizes."""
-    model = version_converter.convert_version(onnx.load(str(qcdq_path)), INT4_OPSET)
+    """QCDQ ONNX -> the same model with INT4 weights; returns how many weights were packed, how many kept."""
+    if not Path(qcdq_path).is_file():
+        raise UserError(f"ONNX file not found: {qcdq_path} (pass the QCDQ export of a quantized variant)")
+    try:
+        model = onnx.load(str(qcdq_path))
+    except Exception as error:  # protobuf raises several kinds on a file that is not ONNX
+        raise UserError(f"{qcdq_path} is not an ONNX model ({type(error).__name__}); pass a *-qcdq-ptq.onnx export") from None
+    model = version_converter.convert_version(model, INT4_OPSET)
     model.ir_version = max(model.ir_version, INT4_IR_VERSION)
     graph = model.graph
     if any(init.data_type in (TensorProto.INT4, TensorProto.UINT4) for init in graph.initializer):
@@ -72,7 +79,7 @@ def pack_int4(qcdq_path, output) -> dict:
 
     weight_clips = [
         node for node in graph.node
-        if node.op_type == "Clip" and node.input[0] in constants
+        if node.op_type == "Clip" and len(node.input) == 3 and all(name in constants for name in node.input)
         and consumers[node.output[0]] and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])
     ]
     if not weight_clips:
