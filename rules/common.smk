@@ -50,9 +50,6 @@ CALIBRATED = [v for v in VARIANTS if needs_calibration(config["variants"][v])]
 MIXED = [v for v in VARIANTS if config["variants"][v]["mixed"]]
 SYNTHETIC = [v for v in VARIANTS if needs_synthetic(config["variants"][v])]
 PACKED = [v for v in VARIANTS if config["variants"][v]["weight_bits"] <= 4]  # variants with 4-bit weights to pack
-for variant in CALIBRATED + SYNTHETIC:
-    if config["variants"][variant]["method"] == "gptq" and not config["variants"][variant]["symmetric"]:
-        fail(f"variant {variant}: method gptq needs symmetric: true (its grid has no zero point)")
 if CALIBRATED and not Path(CALIBRATION["annotations"]).is_file():
     fail(
         f"calibration annotations not found: {CALIBRATION['annotations']} (needed by {', '.join(CALIBRATED)}; "

@@ -52,6 +52,8 @@ def validate_config(config: dict, schema_path) -> dict:
 
 def check_variant(name: str, settings: dict) -> None:
     """Combinations the schema cannot express, refused in one line."""
+    if settings.get("method") == "gptq" and not settings.get("symmetric", True):
+        raise UserError(f"variant {name}: method gptq needs symmetric: true (its grid has no zero point)")
     if settings.get("calibration_source") == "synthetic" and not calibrated(settings):
         raise UserError(
             f"invalid config at variants.{name}: calibration_source: synthetic needs a calibrated method "

@@ -203,4 +203,3 @@ def smoke_step(
         f"parity {result['parity']['sqnr_db']} dB, {result['detections']['count']} detections"
     )
     return result
-

@@ -11,6 +11,9 @@ import time
 
 import torch
 
+from yolo_w4.errors import UserError
+from yolo_w4.files import atomic_path
+
 
 def batchnorm_layers(unfused_model) -> list:
     """The BatchNorm layers whose running statistics the images are matched to."""
@@ -39,8 +42,6 @@ def synthesize_images(
         parameter.requires_grad_(False)
     layers = batchnorm_layers(model)
     if not layers:
-        from yolo_w4.errors import UserError
-
         raise UserError(
             "the checkpoint has no BatchNorm layers (already fused?), so no images can be distilled from it; "
             "use a training checkpoint or set the variant's calibration_source: images"
@@ -86,8 +87,6 @@ def contact_sheet(images: torch.Tensor, path, columns: int = 4, size: int = 160)
     """The distilled images side by side in one PNG, so the report shows what GPTQ calibrated on."""
     from PIL import Image
 
-    from yolo_w4.files import atomic_path
-
     rows = -(-len(images) // columns)
     sheet = Image.new("RGB", (columns * size, rows * size), (255, 255, 255))
     for index, image in enumerate(images):
@@ -99,7 +98,6 @@ def contact_sheet(images: torch.Tensor, path, columns: int = 4, size: int = 160)
 
 def save_synthetic(path, images: torch.Tensor, settings: dict, inputs: dict) -> dict:
     """Write the images with what made them (settings, checkpoint sha256, versions); return the record."""
-    from yolo_w4.files import atomic_path
     from yolo_w4.provenance import utc_now, versions
 
     record = {"format": FORMAT, "settings": settings, "inputs": inputs, "versions": versions(), "created": utc_now()}
@@ -110,8 +108,6 @@ def save_synthetic(path, images: torch.Tensor, settings: dict, inputs: dict) -> 
 
 def load_synthetic(path) -> tuple[list, dict]:
     """The calibration tensors of a file `save_synthetic` wrote, and its record; anything else is one clear error."""
-    from yolo_w4.errors import UserError
-
     try:
         data = torch.load(path, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
