@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test lint accuracy clean-demo
+.PHONY: setup demo test lint accuracy gpu-check clean-demo
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ test: setup
 accuracy: setup
 	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml
 	@cat results/accuracy-yolov5n/report/deltas.md
+
+# What the CUDA path really does on an NVIDIA GPU machine (a few minutes): one table, printed
+# and written to results/gpu-check/gpu_check.{md,json}. Without a GPU: one line, exit 0.
+# GPU_PYTHON=python3 runs it with an existing Python that has the packages (no venv made).
+GPU_PYTHON ?=
+gpu-check: $(if $(GPU_PYTHON),,setup)
+	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(or $(GPU_PYTHON),$(BIN)/python) -m yolo_w4.gpu_check --out results/gpu-check $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -75,6 +75,7 @@ rule layer_sensitivity:
         head=config["head"],
         imgsz=config["imgsz"],
         images_used=CALIBRATION["sensitivity_images"],
+        device=config["device"],
     log:
         f"{RUN}/logs/layer_sensitivity/{MODEL}.log",
     benchmark:
@@ -95,6 +96,7 @@ rule quantize_weights:
         head=config["head"],
         imgsz=config["imgsz"],
         calibration_images=CALIBRATION["max_images"],
+        device=config["device"],
     log:
         f"{RUN}/logs/quantize_weights/{{model}}-{{variant}}.log",
     benchmark:

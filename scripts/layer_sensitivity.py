@@ -14,4 +14,5 @@ run_rule(
     head=sm.params.head,
     imgsz=sm.params.imgsz,
     images_used=sm.params.images_used,
+    device=sm.params.device,
 )

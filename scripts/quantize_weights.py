@@ -23,4 +23,5 @@ run_rule(
     else None,
     sensitivity=sm.input.get("sensitivity"),
     synthetic=sm.input.get("synthetic"),
+    device=sm.params.device,
 )

@@ -90,6 +90,26 @@ def test_fp16_export_runs_in_onnx_runtime(w4, tmp_path, coco_photo):
     assert output.shape == (1, 300, 6) and np.isfinite(output).all()
 
 
+def weight_integers(path) -> list:
+    """Every weight Clip's integer tensor, in graph order."""
+    graph = onnx.load(str(path)).graph
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    return [constants[node.input[0]] for node in graph.node if node.op_type == "Clip" and node.input[0] in constants]
+
+
+def test_fp16_export_keeps_every_integer_of_the_fp32_export(w4, w4_onnx, tmp_path):
+    # Cast naively, ~0.1% of round-to-nearest integers flip (weights near a rounding boundary).
+    path = tmp_path / "w4-fp16.onnx"
+    export_qcdq(w4, path, precision="fp16")
+    fp32, fp16 = weight_integers(w4_onnx), weight_integers(path)
+    assert len(fp32) == len(fp16) == 82
+    changed = sum(int((a != b).sum()) for a, b in zip(fp32, fp16))
+    assert changed == 0, f"{changed} integer weights differ between the FP32 and FP16 exports"
+
+
 def test_torch_compat_asks_for_the_torchscript_exporter(w4_onnx):
     kwargs = onnx_export_kwargs()
     assert kwargs["keep_initializers_as_inputs"] is False

@@ -45,3 +45,20 @@ def test_yolov5n_fp_map_on_the_shared_val_images_is_the_published_level(tmp_path
     metrics = score(coco, to_coco_results(ids, found, category_ids(coco, 80)), ids)
     assert metrics["mAP50_95"] == pytest.approx(0.3027, abs=0.002), metrics
     assert metrics["mAP50"] == pytest.approx(0.4755, abs=0.002), metrics
+
+
+def test_yolov5n_exports_in_fp16_and_agrees_with_fp32(tmp_path, coco_photo):
+    """The FP16 export (CUDA's default precision) traces; its output matches FP32's to FP16 rounding."""
+    from yolo_w4.export import export_fp
+    from yolo_w4.parity import compare_outputs
+    from yolo_w4.runtime import create_session, input_feed
+
+    detector = load_detector(shared(*YOLOV5N), "one2many")
+    outputs = {}
+    for precision in ("fp32", "fp16"):
+        path = tmp_path / f"yolov5n-{precision}.onnx"
+        export_fp(detector.model, path, precision=precision)
+        session, _ = create_session(path, "cpu")
+        outputs[precision] = session.run(None, input_feed(session, coco_photo[0]))[0].astype("float32")
+    parity = compare_outputs(outputs["fp32"], outputs["fp16"], "one2many")
+    assert parity["sqnr_db"] > 40, parity

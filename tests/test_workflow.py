@@ -117,6 +117,18 @@ def test_smoke_json_says_what_ran_and_how_close_it_is(run):
         assert smoke["detections"]["image"] == config["smoke"]["image"]
         assert smoke["inputs"]["image"]["sha256"] and smoke["checkpoint"]["random_weights"] is True
         assert smoke["versions"]["brevitas"] == "0.13.4"
+        if "CUDAExecutionProvider" not in smoke["providers_available"]:
+            assert "no CUDA provider (install onnxruntime-gpu)" in smoke["cuda_reason"], "why CUDA was not used"
+
+
+def test_report_says_why_cuda_was_not_used(run):
+    results, _, _ = run
+    fp = json.loads((results / "metrics" / "yolov10n-seed0-fp.json").read_text())
+    if fp["provider_used"] == "CUDAExecutionProvider":
+        pytest.skip("CUDA ran here")
+    deltas = (results / "report" / "deltas.md").read_text()
+    assert f"CUDA was asked for (device: auto) but not used: {fp['cuda_reason']}." in deltas
+    assert "Not comparable like for like" not in deltas, "every model ran on the same provider and precision"
 
 
 def test_second_run_has_nothing_to_do(run):

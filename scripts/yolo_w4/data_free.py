@@ -16,8 +16,8 @@ NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # probabilists' Hermite
 
 def expected_activation(beta: torch.Tensor, gamma: torch.Tensor, activation) -> torch.Tensor:
     """E[act(z)] for z ~ N(beta, gamma^2), per channel."""
-    nodes = torch.as_tensor(NODES, dtype=torch.float64)
-    weights = torch.as_tensor(WEIGHTS / WEIGHTS.sum(), dtype=torch.float64)
+    nodes = torch.as_tensor(NODES, dtype=torch.float64, device=beta.device)
+    weights = torch.as_tensor(WEIGHTS / WEIGHTS.sum(), dtype=torch.float64, device=beta.device)
     z = beta.double().unsqueeze(1) + gamma.double().abs().unsqueeze(1) * nodes  # (C, K)
     return (activation(z) * weights).sum(1).float()
 
@@ -47,7 +47,7 @@ def input_means(unfused_model, imgsz: int = 640) -> dict:
             handles.append(module.register_forward_pre_hook(input_hook))
     try:
         with torch.no_grad():
-            unfused_model(torch.zeros(1, 3, imgsz, imgsz))
+            unfused_model(torch.zeros(1, 3, imgsz, imgsz, device=next(unfused_model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()

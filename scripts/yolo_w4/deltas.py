@@ -71,7 +71,7 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict, pac
         row["latency_median_ms"] = timing[variant]["median_ms"]
         row["latency_p90_ms"] = timing[variant]["p90_ms"]
         row["latency_ratio"] = timing[variant]["ratio_to_baseline"]
-        row["provider"] = timing[variant]["provider_used"]
+        row["provider"] = record.get("provider_used", timing[variant]["provider_used"])  # the one that made the metrics
         row["precision"] = record["precision"]
         rows.append(row)
     return rows

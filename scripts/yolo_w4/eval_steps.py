@@ -185,6 +185,15 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
         f"Latency: {latency['method']}; {len(latency['images'])} images x {latency['rounds']} rounds, "
         f"batch 1, model only (no pre/post-processing)."
     )
+    scored = {(r.get("provider_used"), r.get("precision")) for r in metrics.values()}
+    timed = {m.get("provider_used") for m in latency["models"].values()}
+    if len(scored) > 1 or len(timed | {p for p, _ in scored}) > 1:
+        used = ", ".join(f"{name}: {r.get('provider_used', '?').removesuffix('ExecutionProvider')} {r.get('precision')}"
+                         for name, r in metrics.items())
+        notes.append(f"Not comparable like for like: models were scored or timed on different providers or precisions ({used}).")
+    reasons = {r.get("cuda_reason") for r in metrics.values() if r.get("cuda_reason") and r.get("cuda_reason") != "device: cpu"}
+    if reasons:
+        notes.append(f"CUDA was asked for (device: auto) but not used: {'; '.join(sorted(reasons))}.")
     return notes
 
 

@@ -23,9 +23,9 @@ OUTPUT_NAME = "output0"
 PRECISIONS = ("fp32", "fp16")
 
 
-def _example_input(imgsz: int, precision: str) -> torch.Tensor:
+def _example_input(imgsz: int, precision: str, batch: int = 1) -> torch.Tensor:
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    return torch.zeros(1, 3, imgsz, imgsz, dtype=dtype)
+    return torch.zeros(batch, 3, imgsz, imgsz, dtype=dtype)
 
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -35,13 +35,13 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model.half() if precision == "fp16" else model.float()
 
 
-def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32") -> None:
+def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1) -> None:
     """FP baseline with torch's TorchScript exporter (the same settings as the QCDQ export)."""
     model = _cast(model, precision)
     with atomic_path(path) as tmp, torch.no_grad():
         torch.onnx.export(
             model,
-            (_example_input(imgsz, precision),),
+            (_example_input(imgsz, precision, batch),),
             str(tmp),
             opset_version=OPSET,
             input_names=[INPUT_NAME],
@@ -52,15 +52,33 @@ def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
-def export_qcdq(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32") -> None:
-    """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv)."""
+def snap_to_grid(model: torch.nn.Module) -> torch.nn.Module:
+    """Set each quantized conv's float weight to its dequantized FP32 value (integer x scale), in place.
+
+    Brevitas re-derives the integers from the float weight on every forward; cast to FP16, a
+    weight near a rounding boundary would round the other way (0.1% of YOLOv10n's weights
+    under round-to-nearest). On the grid, every integer survives the cast.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            quant = getattr(module, "weight_quant", None)
+            if quant is not None and quant.is_quant_enabled:
+                module.weight.copy_(module.quant_weight().value)
+    return model
+
+
+def export_qcdq(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1) -> None:
+    """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv).
+
+    FP16 casts the model after snapping its weights to the FP32 grid: the same integers as FP32.
+    """
     from brevitas.export import export_onnx_qcdq
 
-    model = _cast(model, precision)
+    model = _cast(snap_to_grid(copy.deepcopy(model)) if precision == "fp16" else model, precision)
     with atomic_path(path) as tmp, torch.no_grad():
         export_onnx_qcdq(
             model,
-            args=_example_input(imgsz, precision),
+            args=_example_input(imgsz, precision, batch),
             export_path=str(tmp),
             opset_version=OPSET,
             input_names=[INPUT_NAME],

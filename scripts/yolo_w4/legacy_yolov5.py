@@ -27,7 +27,9 @@ class YOLOv5Detect(nn.Module):
             p = conv(features[level])
             batch, _, ny, nx = p.shape
             p = p.view(batch, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
-            ys, xs = torch.meshgrid(torch.arange(ny, dtype=p.dtype), torch.arange(nx, dtype=p.dtype), indexing="ij")
+            # Integer ranges cast afterwards: the ONNX exporter cannot trace an FP16 arange.
+            ys, xs = torch.meshgrid(torch.arange(ny, device=p.device), torch.arange(nx, device=p.device), indexing="ij")
+            ys, xs = ys.to(p.dtype), xs.to(p.dtype)
             grid = torch.stack((xs, ys), 2).view(1, 1, ny, nx, 2)
             anchors = (self.anchors[level] * self.stride[level]).to(p.dtype).view(1, self.na, 1, 1, 2)
             xy = (p[..., 0:2] * 2 - 0.5 + grid) * self.stride[level]

@@ -4,9 +4,10 @@ import datetime
 import hashlib
 import importlib.metadata
 import platform
+import sys
 from pathlib import Path
 
-PACKAGES = ("torch", "brevitas", "ultralytics", "onnx", "onnxruntime", "numpy", "pycocotools")
+PACKAGES = ("torch", "brevitas", "ultralytics", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pycocotools")
 
 
 def sha256(path) -> str:
@@ -26,6 +27,8 @@ def versions() -> dict:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
+    if "onnxruntime" in sys.modules:  # the module that runs, whichever distribution (onnxruntime, -gpu) brought it
+        found["onnxruntime"] = sys.modules["onnxruntime"].__version__
     from yolo_w4 import __version__
 
     found["yolo_w4"] = __version__

@@ -27,8 +27,11 @@ class InputStats:
         self.conv = conv
         self.groups = conv.groups
         self.width = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-        self.sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
-        self.gram = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64) if second_moment else None
+        self.device = conv.weight.device  # statistics live where the model runs (float64 on CPU or CUDA)
+        self.sum = torch.zeros(self.groups, self.width, dtype=torch.float64, device=self.device)
+        self.gram = (
+            torch.zeros(self.groups, self.width, self.width, dtype=torch.float64, device=self.device) if second_moment else None
+        )
         self.count = 0
         self.cross = self.reference_sum = None  # E[x x_fpᵀ], E[x_fp]: paired statistics (add_pair)
 
@@ -54,8 +57,8 @@ class InputStats:
         cols, ref = self._columns(x), self._columns(reference)
         self._accumulate(cols)
         if self.cross is None:
-            self.cross = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64)
-            self.reference_sum = torch.zeros(self.groups, self.width, dtype=torch.float64)
+            self.cross = torch.zeros(self.groups, self.width, self.width, dtype=torch.float64, device=self.device)
+            self.reference_sum = torch.zeros(self.groups, self.width, dtype=torch.float64, device=self.device)
         self.cross += torch.bmm(cols, ref.transpose(1, 2)).double()
         self.reference_sum += ref.sum(-1, dtype=torch.float64)
 
@@ -80,7 +83,7 @@ class InputStats:
         """
         H = self.hessian
         ridge = damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).clamp_min(1e-12).view(-1, 1, 1)
-        eye = torch.eye(self.width, dtype=H.dtype)
+        eye = torch.eye(self.width, dtype=H.dtype, device=H.device)
         W = weight.double()
         rhs = W @ self.cross.transpose(1, 2) / self.count + W * ridge  # (G, O, n)
         return torch.linalg.solve(H + ridge * eye, rhs.transpose(1, 2)).transpose(1, 2).float()
@@ -192,10 +195,13 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
     dead = diagonal == 0
     diagonal[dead] = 1.0
     W.masked_fill_(dead.unsqueeze(1), 0.0)
-    perm = torch.argsort(diagonal, dim=1, descending=True) if act_order else torch.arange(width).expand(groups, width)
+    if act_order:
+        perm = torch.argsort(diagonal, dim=1, descending=True)
+    else:
+        perm = torch.arange(width, device=W.device).expand(groups, width)
     W = W.gather(2, perm.unsqueeze(1).expand_as(W))
     H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
-    H += damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1) * torch.eye(width, dtype=H.dtype)
+    H += damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1) * torch.eye(width, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
     for start in range(0, width, block):
@@ -222,7 +228,7 @@ def output_aware_scale(weight, hessian, scale, qmin: int, qmax: int, ratios=None
     the squared output error on calibration inputs, not the weight error (which min-max and
     MSE scales minimise). weight (G, O, n), hessian (G, n, n), scale (G, O) -> ratio (G, O).
     """
-    ratios = torch.linspace(0.5, 1.0, 21) if ratios is None else ratios
+    ratios = torch.linspace(0.5, 1.0, 21, device=scale.device) if ratios is None else ratios.to(scale.device)
     W, H = weight.float(), hessian.float()
     errors = []
     for ratio in ratios:

@@ -9,7 +9,10 @@ images, plus solves, which do not: its time is also extrapolated linearly to 128
 so it is not extrapolated. `synthesis` times the distillation of data-free calibration
 images (`calibration_source: synthetic`) for `--synthesis-steps` optimiser steps and
 extrapolates exactly (each step is one forward and backward pass of the same batch) to the
-default 200 steps. Prints a table, writes JSON.
+default 200 steps. `--device` (auto | cpu | cuda) says where the PTQ methods and the
+synthesis run (auto: CUDA where PyTorch sees it); each row and the JSON record it. On CUDA
+the timers are read after torch.cuda.synchronize(), and a PTQ method's time includes moving
+the models and images to the GPU and the models back. Prints a table, writes JSON.
 """
 
 import argparse
@@ -21,6 +24,7 @@ import torch
 
 from yolo_w4.files import write_json
 from yolo_w4.provenance import utc_now, versions
+from yolo_w4.torch_device import resolve_torch_device
 
 METHODS = {
     "gptq": {"method": "gptq", "scale": "mse"},
@@ -40,21 +44,33 @@ def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
     return [photos[i % len(photos)] for i in range(count)]
 
 
-def measure_synthesis(unfused, count: int, imgsz: int, steps: int) -> tuple[float, float]:
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work, so a timer read afterwards counts it (nothing to wait for on CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_synthesis(unfused, count: int, imgsz: int, steps: int, device: str = "cpu") -> tuple[float, float]:
     """Seconds for `steps` distillation steps, and extrapolated to the default step count."""
     from yolo_w4.synthetic import synthesize_images
 
+    synchronize(device)
     started = time.perf_counter()
-    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps)
+    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps, device=device)
+    synchronize(device)
     seconds = time.perf_counter() - started
     return seconds, seconds * SYNTHESIS_STEPS / steps
 
 
-def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), synthesis_steps: int = 10) -> list[dict]:
+def measure(
+    arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), synthesis_steps: int = 10, device: str = "auto"
+) -> list[dict]:
     from yolo_w4.checkpoint import load_detector, unfused_model
     from yolo_w4.quantize import quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
     from yolo_w4.steps import calibrated_ptq
+
+    device = resolve_torch_device(device)
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_seeded_checkpoint(Path(folder) / "seeded.pt", arch)
@@ -66,28 +82,36 @@ def measure(arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), syn
     rows = []
     for method in methods:
         if method == "synthesis":
-            seconds, full = measure_synthesis(unfused, count, imgsz, synthesis_steps)
+            seconds, full = measure_synthesis(unfused, count, imgsz, synthesis_steps, device)
             rows.append(
                 {
-                    "arch": arch, "method": method, "images": count, "steps": synthesis_steps,
+                    "arch": arch, "method": method, "device": device, "images": count, "steps": synthesis_steps,
                     "seconds": round(seconds, 2), f"seconds_{SYNTHESIS_STEPS}_steps": round(full, 1),
                 }
             )  # fmt: skip
-            print(f"{arch:16} {method:10} {count:4} images {seconds:8.1f} s   {SYNTHESIS_STEPS} steps: {full:.0f} s", flush=True)
+            print(
+                f"{arch:16} {method:10} {device:4} {count:4} images {seconds:8.1f} s   {SYNTHESIS_STEPS} steps: {full:.0f} s",
+                flush=True,
+            )
             continue
         settings = {"weight_bits": 4, "narrow_range": True, **METHODS[method]}
         model = quantize_weights(detector.model, settings)
+        synchronize(device)
         started = time.perf_counter()
-        calibrated_ptq(detector.model, model, images, settings, {name: 4 for name in selected})
+        calibrated_ptq(detector.model, model, images, settings, {name: 4 for name in selected}, device)
+        synchronize(device)
         seconds = time.perf_counter() - started
         bound = round(seconds * 128 / count) if method != "adaround" else None
         rows.append(
             {
-                "arch": arch, "method": method, "convs": len(selected), "conv_weights": parameters,
+                "arch": arch, "method": method, "device": device, "convs": len(selected), "conv_weights": parameters,
                 "images": count, "seconds": round(seconds, 1), "seconds_128_images_bound": bound,
             }
         )  # fmt: skip
-        print(f"{arch:16} {method:10} {count:4} images {seconds:8.1f} s   128 images: <= {bound or '(same)'} s", flush=True)
+        print(
+            f"{arch:16} {method:10} {device:4} {count:4} images {seconds:8.1f} s   128 images: <= {bound or '(same)'} s",
+            flush=True,
+        )
     return rows
 
 
@@ -98,12 +122,31 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to 200)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PTQ and synthesis run (auto: CUDA if seen)"
+    )
     parser.add_argument("--out", default="results/ptq-cost.json")
     args = parser.parse_args(argv)
-    rows = [row for arch in args.arch for row in measure(arch, args.images, args.imgsz, args.methods, args.synthesis_steps)]
-    write_json(args.out, {"rows": rows, "threads": torch.get_num_threads(), "versions": versions(), "created": utc_now()})
+    device = resolve_torch_device(args.device)
+    rows = [
+        row
+        for arch in args.arch
+        for row in measure(arch, args.images, args.imgsz, args.methods, args.synthesis_steps, device)
+    ]
+    record = {"rows": rows, "device": device, "threads": torch.get_num_threads()}
+    if device == "cuda":
+        record["cuda_device"] = torch.cuda.get_device_name()
+    write_json(args.out, {**record, "versions": versions(), "created": utc_now()})
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from yolo_w4.errors import UserError
+
+    try:
+        main()
+    except UserError as error:  # e.g. --device cuda where PyTorch sees no GPU: one line, exit 2
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

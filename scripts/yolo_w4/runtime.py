@@ -1,7 +1,7 @@
 """ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing.
 
 The Snakefile imports `resolve_precision` from here, so the module imports nothing beyond
-the standard library at load time (Snakemake's own env need not have NumPy).
+the standard library at load time (Snakemake's own env need not have NumPy or ONNX Runtime).
 """
 
 import time
@@ -14,6 +14,7 @@ CPU = "CPUExecutionProvider"
 
 
 def available_providers() -> list[str]:
+    """Providers compiled into the installed onnxruntime: not proof that they can load."""
     try:
         import onnxruntime
     except ImportError:
@@ -28,44 +29,138 @@ def requested_providers(device: str) -> list[str]:
     return [CPU] if device == "cpu" else [CUDA, CPU]
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """`auto` means FP16 where ONNX Runtime can run CUDA, FP32 on the CPU."""
+def _tiny_model() -> bytes:
+    """A one-node float model (Y = X + X), built in memory: enough to make a provider load."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "probe",
+        [value("x", TensorProto.FLOAT, [1, 4])],
+        [value("y", TensorProto.FLOAT, [1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def _cuda_library_error(onnxruntime) -> str | None:
+    """Why the CUDA provider library cannot be loaded (the dynamic loader's own words), or None."""
+    import ctypes
+    from pathlib import Path
+
+    library = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.is_file():
+        return None  # Windows or another layout: let the session say
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return f"the CUDA provider library cannot load: {error}"
+    return None
+
+
+def preload_cuda_libraries(onnxruntime) -> str | None:
+    """Load CUDA, cuDNN and the MSVC runtime from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]).
+
+    ONNX Runtime's documented way to use the pip-installed CUDA libraries; harmless where
+    CUDA is installed system-wide. Returns the error text if preloading failed.
+    """
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is None:
+        return None
+    try:
+        preload()
+    except Exception as error:  # noqa: BLE001 - reported, then the session decides
+        return f"onnxruntime.preload_dlls() failed: {error}"
+    return None
+
+
+_PROBES: dict = {}
+
+
+def probe_providers(device: str = "auto") -> dict:
+    """Which provider ONNX Runtime really runs here, and why CUDA was not used when it was asked for.
+
+    `get_available_providers()` lists what is compiled in; only a session created CUDA-first
+    shows whether the CUDA libraries and a device are really there. Cached per process.
+    """
+    requested = requested_providers(device)
+    if device in _PROBES:
+        return _PROBES[device]
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"device": device, "onnxruntime": None, "provider_used": None, "cuda_reason": "onnxruntime is not installed"}
+    available = onnxruntime.get_available_providers()
+    record = {
+        "device": device,
+        "onnxruntime": onnxruntime.__version__,
+        "providers_compiled_in": available,
+        "preload_dlls": None,
+        "provider_used": CPU,
+        "cuda_reason": None,
+    }
+    if device == "cpu":
+        record["cuda_reason"] = "device: cpu"
+    elif CUDA not in available:
+        record["cuda_reason"] = f"onnxruntime {onnxruntime.__version__} has no CUDA provider (install onnxruntime-gpu)"
+    else:
+        record["preload_dlls"] = preload_cuda_libraries(onnxruntime) or "ok"
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4
+        session = onnxruntime.InferenceSession(_tiny_model(), options, providers=requested)
+        record["provider_used"] = session.get_providers()[0]
+        if record["provider_used"] != CUDA:
+            record["cuda_reason"] = _cuda_library_error(onnxruntime) or (
+                "the CUDA provider loaded but no session could use it (no CUDA device visible, or a driver older than "
+                "the CUDA this onnxruntime-gpu was built for)"
+            )
+    _PROBES[device] = record
+    return record
+
+
+def resolve_precision(precision: str, device: str, probe: dict | None = None) -> str:
+    """`auto` means FP16 where ONNX Runtime really runs CUDA (a probe says), FP32 otherwise."""
     if precision in ("fp32", "fp16"):
         return precision
     if precision != "auto":
         raise UserError(f"precision must be auto, fp32 or fp16, got {precision!r} (config key `precision`)")
-    return "fp16" if device != "cpu" and CUDA in available_providers() else "fp32"
+    if device == "cpu":
+        return "fp32"
+    probe = probe or probe_providers(device)
+    return "fp16" if probe["provider_used"] == CUDA else "fp32"
 
 
-def create_session(path, device: str = "auto"):
+def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
     """An InferenceSession plus a record of the providers requested, available and used.
 
     `session.disable_quant_qdq=1` stops ORT from fusing Q/DQ pairs into integer kernels and
     lets it constant-fold each weight's DequantizeLinear once, instead of re-running it on
-    every inference: activations stay float, as W4A16 intends.
+    every inference: activations stay float, as W4A16 intends. When CUDA was asked for and
+    not used, the record says why.
     """
     import onnxruntime
 
     requested = requested_providers(device)
+    probe = probe_providers(device)
+    if device == "cuda" and probe["provider_used"] != CUDA:
+        raise UserError(f"device: cuda, but ONNX Runtime cannot use CUDA here: {probe['cuda_reason']}; set device: auto or cpu")
     available = onnxruntime.get_available_providers()
     options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    options.add_session_config_entry("session.disable_quant_qdq", "1" if disable_quant_qdq else "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=[p for p in requested if p in available] or [CPU]
-    )
+    providers = [p for p in requested if p in available and (p != CUDA or probe["provider_used"] == CUDA)]
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers or [CPU])
     used = session.get_providers()
     if device == "cuda" and used[0] != CUDA:
-        raise UserError(
-            f"device: cuda, but ONNX Runtime cannot use CUDA here (available: {', '.join(available)}); "
-            "install onnxruntime-gpu with a matching CUDA, or set device: auto"
-        )
+        raise UserError(f"device: cuda, but ONNX Runtime did not run {path} on CUDA (providers used: {', '.join(used)})")
     record = {
         "providers_requested": requested,
         "providers_available": available,
         "providers_used": used,
         "provider_used": used[0],
+        "cuda_reason": probe["cuda_reason"] if used[0] != CUDA else None,
+        "disable_quant_qdq": disable_quant_qdq,
     }
     return session, record
 

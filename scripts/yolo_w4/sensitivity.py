@@ -54,7 +54,10 @@ def swapped_weight(conv: torch.nn.Conv2d, weight: torch.Tensor):
 
 
 def layer_sensitivity(model, calibration, imgsz: int = 640, bits: int = 4, keep_float=()) -> list[dict]:
-    """One row per quantizable conv: output SQNR with only that layer quantized, sorted worst first."""
+    """One row per quantizable conv: output SQNR with only that layer quantized, sorted worst first.
+
+    Runs where the model and the calibration tensors are (CPU or CUDA); the SQNR is computed on CPU.
+    """
     layers = conv_layers(model)
     with torch.no_grad():
         reference = [dense_output(model, x, imgsz) for x in calibration]
@@ -63,7 +66,7 @@ def layer_sensitivity(model, calibration, imgsz: int = 640, bits: int = 4, keep_
             conv = layers[name]
             with swapped_weight(conv, round_to_nearest(conv.weight, bits)):
                 outputs = [dense_output(model, x, imgsz) for x in calibration]
-            sqnr = sqnr_db(torch.cat(reference).numpy(), torch.cat(outputs).numpy())
+            sqnr = sqnr_db(torch.cat(reference).cpu().numpy(), torch.cat(outputs).cpu().numpy())
             rows.append({"layer": name, "output_sqnr_db": round(sqnr, 3), "weights": conv.weight.numel()})
     rows.sort(key=lambda row: row["output_sqnr_db"])
     for rank, row in enumerate(rows, 1):

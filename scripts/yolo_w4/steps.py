@@ -28,14 +28,12 @@ def synthesize_step(
     """
     import time
 
-    import torch
-
     from yolo_w4.checkpoint import unfused_model
     from yolo_w4.synthetic import contact_sheet, save_synthetic, synthesize_images
+    from yolo_w4.torch_device import resolve_torch_device
 
     started = time.perf_counter()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_torch_device(device)
     settings = {"images": images, "imgsz": imgsz, "steps": steps, "lr": lr, "seed": seed}
     tensors = synthesize_images(unfused_model(checkpoint), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device)
     settings["device"] = device
@@ -47,13 +45,14 @@ def synthesize_step(
 
 def quantize_step(
     checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None,
-    synthetic=None,
+    synthetic=None, device="auto",
 ) -> dict:
     """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
 
     calibration: {ids, annotations, images, limit} for variants calibrated on real images;
     synthetic: the distilled images file for `calibration_source: synthetic`; sensitivity:
-    the layer ranking CSV for mixed-precision variants.
+    the layer ranking CSV for mixed-precision variants. device (auto | cpu | cuda): where
+    calibrated PTQ runs (auto: CUDA where PyTorch sees it); recorded as settings["device"].
     """
     import time
 
@@ -63,10 +62,12 @@ def quantize_step(
     from yolo_w4.quantize import quantizable_layers
     from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
     from yolo_w4.synthetic import load_synthetic
+    from yolo_w4.torch_device import resolve_torch_device
 
     started = time.perf_counter()
+    device = resolve_torch_device(device)
     detector = load_detector(checkpoint, head, imgsz)
-    settings = {**DEFAULT_SETTINGS, **settings}
+    settings = {**DEFAULT_SETTINGS, **settings, "device": device}
     selected = quantizable_layers(detector.model, settings["keep_float"])
     mixed = settings.get("mixed")
     if mixed:
@@ -86,7 +87,7 @@ def quantize_step(
         )
     if images is not None:
         bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
-        records = calibrated_ptq(detector.model, model, images, settings, bits)
+        records = calibrated_ptq(detector.model, model, images, settings, bits, device)
         settings["calibration_images"] = len(images)
     if settings.get("bias_correction") == "bn":
         from yolo_w4.checkpoint import unfused_model
@@ -107,34 +108,52 @@ def quantize_step(
     return record
 
 
-def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict) -> dict:
-    """Run the variant's calibrated method on `model` in place: AdaRound, or GPTQ / scales / bias correction."""
+def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict, device="cpu") -> dict:
+    """Run the variant's calibrated method on `model` in place: AdaRound, or GPTQ / scales / bias correction.
+
+    device: a resolved torch device ("cpu" or "cuda"). Both models and the calibration images
+    move there for the run; both models come back to the CPU afterwards (even on failure),
+    where the state dict is saved and the ONNX export runs.
+    """
     from yolo_w4.ptq import calibrate
     from yolo_w4.reconstruct import reconstruct
 
-    if settings.get("method") == "adaround":
-        return reconstruct(fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {}))
-    gptq = settings.get("gptq") or {}
-    return calibrate(
-        fp_model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
-        bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
-        scale_search=settings["scale"] == "output",
-        compensate_upstream=bool(settings.get("compensate_upstream")), ridge=gptq.get("ridge", 0.01),
-    )
+    fp_model.to(device)
+    model.to(device)
+    images = [image.to(device) for image in images]
+    try:
+        if settings.get("method") == "adaround":
+            return reconstruct(fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {}))
+        gptq = settings.get("gptq") or {}
+        return calibrate(
+            fp_model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
+            bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
+            scale_search=settings["scale"] == "output",
+            compensate_upstream=bool(settings.get("compensate_upstream")), ridge=gptq.get("ridge", 0.01),
+        )
+    finally:
+        fp_model.to("cpu")
+        model.to("cpu")
 
 
-def sensitivity_step(checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32) -> list:
-    """Layer sensitivity ranking -> CSV + plot."""
+def sensitivity_step(
+    checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32, device="auto"
+) -> list:
+    """Layer sensitivity ranking -> CSV + plot. device (auto | cpu | cuda): where the forward passes run."""
     from yolo_w4.calibration import calibration_tensors
     from yolo_w4.plots import plot_sensitivity
     from yolo_w4.sensitivity import layer_sensitivity, write_sensitivity
+    from yolo_w4.torch_device import resolve_torch_device
 
+    device = resolve_torch_device(device)
     detector = load_detector(checkpoint, head, imgsz)
     images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used)
-    rows = layer_sensitivity(detector.model, images, imgsz)
+    model = detector.model.to(device)
+    rows = layer_sensitivity(model, [image.to(device) for image in images], imgsz)
+    model.to("cpu")
     write_sensitivity(table, rows)
     plot_sensitivity(rows, plot)
-    print(f"most sensitive: {', '.join(row['layer'] for row in rows[:5])}")
+    print(f"layer sensitivity on {device}; most sensitive: {', '.join(row['layer'] for row in rows[:5])}")
     return rows
 
 
