@@ -1,5 +1,6 @@
 # Path helpers and the values every rule shares. Nothing here runs a job.
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -8,7 +9,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from yolo_w4.config import needs_calibration, needs_synthetic, validate_config  # noqa: E402
 from yolo_w4.errors import UserError  # noqa: E402
-from yolo_w4.runtime import resolve_precision  # noqa: E402
 
 
 def fail(message):
@@ -28,7 +28,6 @@ CHECKPOINT = config["checkpoint"]
 MODEL = Path(CHECKPOINT).stem
 VARIANTS = list(config["variants"])
 FP = "fp"  # the baseline's name in smoke/metrics files
-PRECISION = resolve_precision(config["precision"], config["device"])
 SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
 
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
@@ -62,7 +61,16 @@ if CALIBRATED and not Path(CALIBRATION["images"]).is_dir():
 wildcard_constraints:
     model=re.escape(MODEL),
     variant="|".join(map(re.escape, [FP, *VARIANTS])),
-    precision="fp32|fp16",
+
+
+def runtime_path():
+    """The probe of the provider and precision the models run with (rule probe_runtime)."""
+    return f"{RUN}/runtime/onnxruntime.json"
+
+
+def runtime_precision(wildcards, input):
+    """fp16 or fp32: params function of the rules that export or run a model (reads the probe)."""
+    return json.loads(Path(input.runtime).read_text())["precision"]
 
 
 def quantized_path(variant):
@@ -70,8 +78,8 @@ def quantized_path(variant):
 
 
 def onnx_path(variant):
-    if variant == FP:
-        return f"{RUN}/onnx/{MODEL}-{PRECISION}.onnx"
+    if variant == FP:  # FP32 or FP16 as the probe decided: the ONNX input type and its JSON say which
+        return f"{RUN}/onnx/{MODEL}-fp.onnx"
     return f"{RUN}/onnx/{MODEL}-{variant}-qcdq-ptq.onnx"
 
 

@@ -33,6 +33,7 @@ rule evaluate_coco:
         onnx=lambda wc: onnx_path(wc.variant),
         record=lambda wc: export_record(wc.variant),
         images=COCO["images"],
+        runtime=runtime_path(),
     output:
         metrics=f"{RUN}/metrics/{{model}}-{{variant}}.json",
         detections=f"{RUN}/metrics/{{model}}-{{variant}}-detections.json",
@@ -40,7 +41,7 @@ rule evaluate_coco:
         head=config["head"],
         imgsz=config["imgsz"],
         device=config["device"],
-        precision=PRECISION,
+        precision=runtime_precision,
         conf=config["eval"]["conf"],
         iou=config["eval"]["iou"],
         max_det=config["eval"]["max_det"],

@@ -1,17 +1,33 @@
+rule probe_runtime:
+    # FP16 where ONNX Runtime really runs CUDA, decided in the env that runs the models.
+    output:
+        runtime_path(),
+    params:
+        device=config["device"],
+        precision=config["precision"],
+    log:
+        f"{RUN}/logs/probe_runtime.log",
+    conda:
+        "../envs/onnxruntime.yaml"
+    script:
+        "../scripts/probe_runtime.py"
+
+
 rule export_fp:
     input:
         checkpoint=CHECKPOINT,
+        runtime=runtime_path(),
     output:
-        onnx=f"{RUN}/onnx/{{model}}-{{precision}}.onnx",
-        record=f"{RUN}/onnx/{{model}}-{{precision}}.json",
+        onnx=f"{RUN}/onnx/{{model}}-fp.onnx",
+        record=f"{RUN}/onnx/{{model}}-fp.json",
     params:
-        precision=lambda wc: wc.precision,
+        precision=runtime_precision,
         head=config["head"],
         imgsz=config["imgsz"],
     log:
-        f"{RUN}/logs/export_fp/{{model}}-{{precision}}.log",
+        f"{RUN}/logs/export_fp/{{model}}.log",
     benchmark:
-        f"{RUN}/benchmarks/export_fp/{{model}}-{{precision}}.tsv"
+        f"{RUN}/benchmarks/export_fp/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -21,11 +37,12 @@ rule export_fp:
 rule export_qcdq:
     input:
         unpack(model_inputs),
+        runtime=runtime_path(),
     output:
         onnx=f"{RUN}/onnx/{{model}}-{{variant}}-qcdq-ptq.onnx",
         record=f"{RUN}/onnx/{{model}}-{{variant}}-qcdq-ptq.json",
     params:
-        precision=PRECISION,
+        precision=runtime_precision,
         head=config["head"],
         imgsz=config["imgsz"],
     log:

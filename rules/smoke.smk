@@ -2,12 +2,13 @@ rule smoke_test:
     input:
         unpack(model_inputs),
         onnx=lambda wc: onnx_path(wc.variant),
+        runtime=runtime_path(),
     output:
         f"{RUN}/smoke/{{model}}-{{variant}}.json",
     params:
         image=config["smoke"]["image"],
         device=config["device"],
-        precision=PRECISION,
+        precision=runtime_precision,
         runs=config["smoke"]["runs"],
         warmup=config["smoke"]["warmup"],
         conf=config["smoke"]["conf"],

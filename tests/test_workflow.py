@@ -81,7 +81,13 @@ def test_run_writes_every_artifact(run):
         assert (results / "onnx" / f"{model}-{variant}-qcdq-ptq.onnx").is_file()
         assert (results / "logs" / "quantize_weights" / f"{model}-{variant}.log").is_file()
         assert (results / "benchmarks" / "quantize_weights" / f"{model}-{variant}.tsv").is_file()
-    assert (results / "onnx" / f"{model}-fp32.onnx").is_file()
+    assert (results / "onnx" / f"{model}-fp.onnx").is_file()
+    runtime = json.loads((results / "runtime" / "onnxruntime.json").read_text())
+    fp = json.loads((results / "onnx" / f"{model}-fp.json").read_text())
+    assert fp["precision"] == runtime["precision"], "the FP export follows the probe made in the env that runs the models"
+    if "CUDAExecutionProvider" not in runtime["providers_compiled_in"]:
+        assert runtime["provider_used"] == "CPUExecutionProvider" and runtime["precision"] == "fp32"
+        assert runtime["cuda_reason"].endswith("has no CUDA provider (install onnxruntime-gpu)")
     packed = sorted(p.name for p in (results / "onnx").glob("*-int4-ptq.onnx"))
     assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_mixed")], "8-bit variants have nothing to pack"
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [

@@ -39,6 +39,29 @@ def calibration_step(annotations, images, eval_ids, output, max_images=128, imag
     return ids
 
 
+def probe_step(output, device="auto", precision="auto", config=None) -> dict:
+    """Which provider and precision the models will run with, decided in the env that runs them.
+
+    The Snakefile cannot decide this at parse time: under --use-conda, Snakemake's own Python
+    may not even have ONNX Runtime. A tiny session created CUDA-first says what really runs.
+    """
+    from yolo_w4.runtime import probe_providers, resolve_precision
+
+    probe = probe_providers(device)
+    record = {
+        **probe,
+        "precision": resolve_precision(precision, device, probe),
+        "precision_requested": precision,
+        "config": config,
+        "versions": versions(),
+        "created": utc_now(),
+    }
+    write_json(output, record)
+    reason = f" ({probe['cuda_reason']})" if probe.get("cuda_reason") else ""
+    print(f"ONNX Runtime runs on {probe['provider_used']}{reason}; precision {record['precision']}")
+    return record
+
+
 def evaluate_step(
     onnx_path,
     annotations,

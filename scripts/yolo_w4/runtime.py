@@ -1,7 +1,7 @@
 """ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing.
 
-The Snakefile imports `resolve_precision` from here, so the module imports nothing beyond
-the standard library at load time (Snakemake's own env need not have NumPy or ONNX Runtime).
+Rule probe_runtime calls `probe_providers` in the env that runs the models; the module
+imports nothing beyond the standard library at load time.
 """
 
 import time
