@@ -64,17 +64,29 @@ class YOLOv5Model(nn.Module):
         return self
 
 
+def yolov5_classes() -> dict:
+    """The pickled YOLOv5 names and the classes they unpickle into ("models.yolo.Model": YOLOv5Model, ...)."""
+    from ultralytics.nn.modules import C3, SPPF, Bottleneck, Concat, Conv
+
+    common = {"Conv": Conv, "C3": C3, "Bottleneck": Bottleneck, "SPPF": SPPF, "Concat": Concat}
+    return {
+        "models.yolo.Model": YOLOv5Model,
+        "models.yolo.Detect": YOLOv5Detect,
+        **{f"models.common.{name}": cls for name, cls in common.items()},
+    }
+
+
 @contextlib.contextmanager
 def yolov5_modules():
     """Make `models.yolo` / `models.common` resolvable while a YOLOv5 pickle is read."""
-    from ultralytics.nn.modules import C3, SPPF, Bottleneck, Concat, Conv
-
     if any(name in sys.modules for name in MODULES):  # a real yolov5 checkout is importable: do not shadow it
         yield
         return
     package, yolo, common = (types.ModuleType(name) for name in MODULES)
-    yolo.Model, yolo.Detect = YOLOv5Model, YOLOv5Detect
-    common.Conv, common.C3, common.Bottleneck, common.SPPF, common.Concat = Conv, C3, Bottleneck, SPPF, Concat
+    modules = {"models.yolo": yolo, "models.common": common}
+    for name, cls in yolov5_classes().items():
+        module, _, attribute = name.rpartition(".")
+        setattr(modules[module], attribute, cls)
     package.yolo, package.common = yolo, common
     sys.modules.update(dict(zip(MODULES, (package, yolo, common))))
     try:
