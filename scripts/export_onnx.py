@@ -15,4 +15,5 @@ run_rule(
     head=sm.params.head,
     imgsz=sm.params.imgsz,
     config=sm.config,
+    trust=sm.config["trust_checkpoint"],
 )

@@ -15,4 +15,5 @@ run_rule(
     imgsz=sm.params.imgsz,
     images_used=sm.params.images_used,
     device=sm.params.device,
+    trust=sm.config["trust_checkpoint"],
 )

@@ -24,4 +24,5 @@ run_rule(
     sensitivity=sm.input.get("sensitivity"),
     synthetic=sm.input.get("synthetic"),
     device=sm.params.device,
+    trust=sm.config["trust_checkpoint"],
 )

@@ -16,4 +16,5 @@ run_rule(
     lr=sm.params.lr,
     seed=sm.params.seed,
     device=sm.params.device,
+    trust=sm.config["trust_checkpoint"],
 )

@@ -60,3 +60,16 @@ def test_cli_data_free_gptq_on_synthesized_images(seeded_checkpoint, tmp_path):
     saved = torch.load(tmp_path / "w4.pt", weights_only=True)
     assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_images"] == 2
     assert any(layer["weights_changed"] for layer in saved["calibration"].values())
+
+
+def test_cli_head_that_contradicts_the_quantized_file_is_one_line(seeded_checkpoint, tmp_path):
+    ckpt = str(seeded_checkpoint)
+    assert cli("quantize", "--checkpoint", ckpt, "--out", "w4.pt", cwd=tmp_path).returncode == 0
+    result = cli("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--head", "one2many", "--out", "w4.onnx", cwd=tmp_path)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: w4.pt was quantized with head one2one, so head one2many cannot be exported from it; "
+        "re-quantize with head one2many, or leave the head to the quantized file"
+    ]
+    assert not (tmp_path / "w4.onnx").exists()
+    assert cli("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--out", "w4.onnx", cwd=tmp_path).returncode == 0

@@ -152,3 +152,39 @@ def test_not_coco_json(tmp_path):
     path.write_text(json.dumps([1, 2, 3]))
     with pytest.raises(UserError, match="is not a COCO detection annotation file"):
         load_coco(path)
+
+
+@pytest.mark.parametrize(
+    ("images", "annotations", "message"),
+    [
+        ([{"id": 1}, {"id": 2}, {"id": 1}], [], "lists image id 1 more than once (1 ids repeated); each image must appear once"),
+        ([{"id": 1}], [{"image_id": 1}, {"image_id": 7}], "has annotations for image id 7, which its images list lacks (1 such ids)"),
+    ],
+)
+def test_annotation_file_with_repeated_or_missing_image_ids_is_refused(tmp_path, images, annotations, message):
+    """A repeated id would be scored twice; an annotation for an absent image would never be matched."""
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": []}))
+    with pytest.raises(UserError) as raised:
+        load_coco(path)
+    assert str(raised.value) == f"{path} {message}"
+
+
+def test_truncated_jpeg_is_refused_not_partly_scored(coco_photo_path, tmp_path):
+    """OpenCV decodes half a JPEG with only a libjpeg warning on the terminal; we refuse it."""
+    from yolo_w4.preprocess import read_image
+
+    data = coco_photo_path.read_bytes()
+    assert read_image(coco_photo_path).shape[2] == 3
+    cut = tmp_path / coco_photo_path.name
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as raised:
+        read_image(cut)
+    assert str(raised.value) == (
+        f"{cut} is truncated (JPEG without its end-of-image marker); re-download or remove it, a partly decoded image would be scored"
+    )
+
+
+@pytest.fixture
+def coco_photo_path(val_images):
+    return val_images[0]

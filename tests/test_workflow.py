@@ -135,6 +135,7 @@ def test_report_says_why_cuda_was_not_used(run):
     deltas = (results / "report" / "deltas.md").read_text()
     assert f"CUDA was asked for (device: auto) but not used: {fp['cuda_reason']}." in deltas
     assert "Not comparable like for like" not in deltas, "every model ran on the same provider and precision"
+    assert "Every model was scored and timed with ONNX Runtime CPU, fp32." in deltas
 
 
 def test_second_run_has_nothing_to_do(run):
@@ -157,7 +158,8 @@ def test_lint_is_clean():
         ({"imgsz": 100}, "error: invalid config at imgsz: 100 is not a multiple of 32"),
         ({"device": "gpu"}, "error: invalid config at device: 'gpu' is not one of"),
         ({"variants": {"w3": {"weight_bits": 1}}}, "error: invalid config at variants.w3.weight_bits: 1 is less than"),
-        ({"variants": {"fp": {}}}, "error: invalid config at variants: 'fp' should not be valid"),
+        ({"variants": {"fp": {}}}, "error: invalid config at variants: the name fp is reserved for the FP baseline"),
+        ({"checkpoint": "models/yolo{v10}m.pt"}, "error: checkpoint: models/yolo{v10}m.pt contains { or }, which Snakemake reads"),
         (
             {"variants": {"w4": {"method": "adaround", "bias_correction": "empirical"}}},
             "error: invalid config at variants.w4: method adaround cannot be combined with bias_correction: empirical",
@@ -183,8 +185,8 @@ def test_file_that_is_not_a_checkpoint_fails_cleanly(tmp_path):
         lines = error_lines(result)
         assert lines and f"{bad} is not a PyTorch checkpoint" in lines[0], result.stderr
         outputs = [p for p in (ROOT / "results" / run_id).rglob("*") if ".ultralytics" not in p.parts]
-        # the COCO subset does not read the checkpoint and may be complete; nothing made from the checkpoint exists
-        artifacts = [p for p in outputs if p.suffix in (".pt", ".onnx", ".json") and "coco" not in p.parts]
+        # the COCO subset and the runtime probe do not read the checkpoint and may be complete; nothing made from it exists
+        artifacts = [p for p in outputs if p.suffix in (".pt", ".onnx", ".json") and not {"coco", "runtime"} & set(p.parts)]
         assert artifacts == []
     finally:
         shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
@@ -226,6 +228,14 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     assert float(w4["size_ratio"]) == pytest.approx(packed["bytes"] / int(fp["onnx_bytes"]), abs=1e-4)
     assert next(row for row in rows if row["variant"] == "w8a16")["int4_bytes"] == "", "nothing packed at 8 bits"
     assert w4["provider"] == "CPUExecutionProvider"
+    deltas = json.loads((results / "report" / "deltas.json").read_text())
+    from yolo_w4.provenance import sha256
+
+    for source in ("metrics/fp", "metrics/w4a16", "detections/w4a16", "export/w4a16", "int4/w4a16", "latency"):
+        assert deltas["inputs"][source]["sha256"] == sha256(ROOT / deltas["inputs"][source]["path"]), source
+    assert deltas["image_ids_sha256"] == json.loads((results / "metrics" / "yolov10n-seed0-fp.json").read_text())["image_ids_sha256"]
+    commit = deltas["versions"]["yolo_w4_commit"]
+    assert commit == "not a git checkout" or len(commit.removesuffix("+dirty")) == 40
     page = (results / "report" / "deltas.html").read_text()
     assert "RANDOM WEIGHTS" in page and f"{float(w4['mAP50_95']):.3f}" in page
     for name in ("map.png", "size_vs_map.png", "latency.png", "detections/yolov10n-seed0-w4a16.png"):

@@ -46,6 +46,7 @@ class Detector:
     layout: str  # "ultralytics" or "thu-mig-yolov10"
     seeded: bool = False  # random weights made by yolo_w4.seeded (demo/tests)
     info: dict = field(default_factory=dict)
+    trusted: bool = False  # loaded with trust_checkpoint: an unrestricted unpickle that may have run code
 
     def describe(self) -> dict:
         return {
@@ -56,6 +57,7 @@ class Detector:
             "layout": self.layout,
             "classes": len(self.names),
             "random_weights": self.seeded,
+            "trusted_load": self.trusted,
             **self.info,
         }
 
@@ -315,6 +317,7 @@ def load_detector(path, head: str = "one2one", imgsz: int = 640, trust: bool = F
         names=dict(model.names),
         layout=layout,
         seeded=seeded,
+        trusted=trust,
         info={"checkpoint_version": version or None, "architecture": _architecture(model)},
     )
 

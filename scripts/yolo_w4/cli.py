@@ -18,7 +18,14 @@ from yolo_w4.errors import UserError
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="Ultralytics detection checkpoint (.pt)")
-    parser.add_argument("--head", choices=("one2one", "one2many"), default="one2one")
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle without the allowlist (only for a file you trust: it may run code it holds)",
+    )
+    parser.add_argument(
+        "--head", choices=("one2one", "one2many"), default=None,
+        help="one2one (default) or one2many; with --quantized the quantized file's head, which this must not contradict",
+    )
     parser.add_argument("--imgsz", type=int, default=640)
 
 
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> None:
         steps.seeded_step(args.out, args.arch, args.seed)
     elif args.command == "synthesize":
         steps.synthesize_step(
-            args.checkpoint, args.out, None, args.images, args.imgsz, args.steps, seed=args.seed, device=args.device
+            args.checkpoint, args.out, None, args.images, args.imgsz, args.steps, seed=args.seed, device=args.device,
+            trust=args.trust_checkpoint,
         )
     elif args.command == "quantize":
         if args.method == "gptq" and not args.synthetic:
@@ -100,12 +108,14 @@ def run(args: argparse.Namespace) -> None:
         if args.method == "gptq":
             settings["calibration_source"] = "synthetic"
         steps.quantize_step(
-            args.checkpoint, args.out, args.variant, settings, args.head, args.imgsz, synthetic=args.synthetic
+            args.checkpoint, args.out, args.variant, settings, args.head or "one2one", args.imgsz, synthetic=args.synthetic,
+            trust=args.trust_checkpoint,
         )
     elif args.command == "export":
         record = Path(args.out).with_suffix(".json")
         steps.export_step(
-            args.checkpoint, args.out, record, args.quantized, args.precision, args.head, args.imgsz, config
+            args.checkpoint, args.out, record, args.quantized, args.precision, _head(args), args.imgsz, config,
+            trust=args.trust_checkpoint,
         )
     elif args.command == "pack":
         from yolo_w4.eval_steps import pack_step
@@ -119,8 +129,13 @@ def run(args: argparse.Namespace) -> None:
             variant = read_record(args.quantized)["variant"]
         steps.smoke_step(
             args.onnx, args.checkpoint, args.out, variant, args.quantized, args.image, args.device,
-            args.precision, args.runs, 3, 0.25, args.head, args.imgsz, config,
+            args.precision, args.runs, 3, 0.25, _head(args), args.imgsz, config, trust=args.trust_checkpoint,
         )
+
+
+def _head(args) -> str | None:
+    """--head as given; unset: the quantized file's head (None), else one2one."""
+    return args.head or (None if args.quantized else "one2one")
 
 
 def main(argv=None) -> int:

@@ -88,7 +88,7 @@ def _fmt(value, digits=3, suffix=""):
 SUMMARY_COLUMNS = (
     ("model", lambda r: r["variant"]),
     ("settings", lambda r: r["settings"] or ""),
-    ("4-bit weights", lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%"),
+    ("weights ≤ 4 bit", lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%"),
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     ("mAP50", lambda r: _fmt(r["mAP50"])),
     ("Δ mAP50-95", lambda r: _fmt(r["delta_mAP50_95"], 4) if r["variant"] != FP else "—"),

@@ -115,6 +115,7 @@ def evaluate_step(
         "settings": describe_settings(exported.get("settings")),
         "ptq_seconds": (exported.get("settings") or {}).get("ptq_seconds"),
         "random_weights": (exported.get("checkpoint") or {}).get("random_weights"),
+        "trusted_load": (exported.get("checkpoint") or {}).get("trusted_load"),
         "inputs": input_record({"onnx": onnx_path, "annotations": annotations, "image_ids": ids_file}),
         "config": config,
         "versions": versions(),
@@ -155,6 +156,14 @@ def report_step(
     from yolo_w4.deltas import delta_rows
     from yolo_w4.evaluate import coco_eval, coco_ground_truth
 
+    sources = {  # every record the table is built from, by sha256: a published table can be traced
+        **{f"metrics/{name}": path for name, path in metrics.items()},
+        **{f"detections/{name}": path for name, path in detections.items()},
+        **{f"export/{name}": path for name, path in exports.items()},
+        **{f"int4/{name}": path for name, path in (packed or {}).items()},
+        "latency": latency,
+        "annotations": annotations,
+    }
     metrics = {name: _load_json(path) for name, path in metrics.items()}
     exports = {name: _load_json(path) for name, path in exports.items()}
     packed = {name: _load_json(path) for name, path in (packed or {}).items()}
@@ -178,7 +187,13 @@ def report_step(
     report.write_text(outputs["markdown"], report.markdown(rows, notes))
     report.write_text(outputs["html"], report.html_page(rows, notes, title))
     report.write_text(outputs["rst"], report.rst_fragment(rows, notes))
-    write_json(outputs["json"], {"rows": rows, "bootstrap": intervals, "notes": notes, "config": config, "versions": versions(), "created": utc_now()})
+    write_json(
+        outputs["json"],
+        {
+            "rows": rows, "bootstrap": intervals, "notes": notes, "image_ids_sha256": ids,
+            "inputs": input_record(sources), "config": config, "versions": versions(), "created": utc_now(),
+        },
+    )  # fmt: skip
     plots.plot_map(rows, outputs["map_plot"])
     plots.plot_size_vs_map(rows, outputs["size_plot"])
     plots.plot_latency(rows, outputs["latency_plot"])
@@ -191,6 +206,11 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
 
     base = metrics[FP]
     notes = []
+    if any(record.get("trusted_load") for record in metrics.values()):
+        notes.append(
+            "The checkpoint was loaded with trust_checkpoint: true (unrestricted unpickling, which can run code "
+            "the file holds); only do this for a file you trust."
+        )
     if any(record.get("random_weights") for record in metrics.values()):
         notes.append(
             f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy."
@@ -210,6 +230,9 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
     )
     scored = {(r.get("provider_used"), r.get("precision")) for r in metrics.values()}
     timed = {m.get("provider_used") for m in latency["models"].values()}
+    if len(scored) == 1 and timed == {p for p, _ in scored}:
+        provider, precision = next(iter(scored))
+        notes.append(f"Every model was scored and timed with ONNX Runtime {str(provider).removesuffix('ExecutionProvider')}, {precision}.")
     if len(scored) > 1 or len(timed | {p for p, _ in scored}) > 1:
         used = ", ".join(f"{name}: {r.get('provider_used', '?').removesuffix('ExecutionProvider')} {r.get('precision')}"
                          for name, r in metrics.items())

@@ -160,7 +160,7 @@ def onnx_summary(path) -> dict:
         "weight_clips": weight_clips,
         "weight_clip_ranges": sorted({(c["min"], c["max"]) for c in weight_clips}),
         "conv_weights": sum(conv_weights.values()),
-        "weights_4bit_fraction": round(four_bit / quantizable, 6) if quantizable else 0.0,
+        "weights_4bit_fraction": round(four_bit / quantizable, 6) if quantizable else 0.0,  # at most 4 bits (2, 3 or 4)
     }
 
 

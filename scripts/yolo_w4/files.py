@@ -1,18 +1,39 @@
 """Atomic writes: an output appears whole or not at all, so a failed step leaves nothing."""
 
 import contextlib
+import errno
 import json
+import shutil
 import os
 import tempfile
 from pathlib import Path
 
 
+TEMP_MARK = ".yolo-w4-tmp"  # in every temporary name, so a sweep removes ours and nothing else
+
+
+def sweep_stale(path) -> list[Path]:
+    """Remove temporary files an earlier write of `path` left behind (a job killed by SIGKILL or the OOM killer)."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*{TEMP_MARK}{path.suffix}")) if path.parent.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    A kill that skips the cleanup below leaves the temporary file; the next write of the same
+    path sweeps it. A full disk is one UserError line naming the path.
+    """
+    from yolo_w4.errors import UserError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{path.suffix}", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -20,6 +41,14 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise UserError(f"no space left on device while writing {path}; free space there and re-run") from error
+        raise
+    except Exception as error:  # writers (pickle, protobuf) often re-raise ENOSPC in their own words
+        if _disk_full(path):
+            raise UserError(f"no space left on device while writing {path} ({type(error).__name__}); free space there and re-run") from error
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -28,3 +57,11 @@ def atomic_path(path):
 def write_json(path, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _disk_full(path, reserve: int = 1 << 20) -> bool:
+    """Whether the file system holding `path` has (almost) no free space left."""
+    try:
+        return shutil.disk_usage(Path(path).parent).free < reserve
+    except OSError:
+        return False

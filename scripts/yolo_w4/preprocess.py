@@ -38,10 +38,23 @@ def read_image(path) -> np.ndarray:
     """BGR uint8 image, or one clear error if the file is missing or not an image."""
     if not Path(path).is_file():
         raise UserError(f"image not found: {path} (check `coco.images` / the image list in the config)")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = Path(path).read_bytes()
+    truncated = _truncated(data)
+    if truncated:
+        raise UserError(f"{path} is truncated ({truncated}); re-download or remove it, a partly decoded image would be scored")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path} is not a readable image (OpenCV could not decode it)")
     return image
+
+
+def _truncated(data: bytes) -> str | None:
+    """Why a JPEG or PNG file is cut short, or None. libjpeg only warns and decodes the part it has."""
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:]:
+        return "JPEG without its end-of-image marker"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        return "PNG without its IEND chunk"
+    return None
 
 
 def letterbox(image_bgr: np.ndarray, imgsz: int = 640) -> tuple[np.ndarray, Letterbox]:

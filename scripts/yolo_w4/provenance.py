@@ -32,7 +32,30 @@ def versions() -> dict:
     from yolo_w4 import __version__
 
     found["yolo_w4"] = __version__
+    found["yolo_w4_commit"] = workflow_commit()
     return found
+
+
+_COMMIT = None
+
+
+def workflow_commit() -> str:
+    """The git commit of the yolo-w4 checkout that ran (`+dirty` with uncommitted changes), or 'not a git checkout'."""
+    global _COMMIT
+    if _COMMIT is None:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[2]
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30
+            )
+            ok = head.returncode == 0 and dirty.returncode == 0
+            _COMMIT = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if ok else "not a git checkout"
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT = "not a git checkout"
+    return _COMMIT
 
 
 def input_record(paths: dict) -> dict:

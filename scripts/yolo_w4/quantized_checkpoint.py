@@ -48,11 +48,11 @@ def read_record(path) -> dict:
     return data
 
 
-def load_quantized(path, checkpoint=None) -> tuple[torch.nn.Module, Detector, dict]:
-    """Rebuild the quantized model: (model, FP detector, record)."""
+def load_quantized(path, checkpoint=None, trust: bool = False) -> tuple[torch.nn.Module, Detector, dict]:
+    """Rebuild the quantized model: (model, FP detector, record). trust: see checkpoint.unpickle_checkpoint."""
     data = read_record(path)
     source = data["checkpoint"]
-    detector = load_detector(checkpoint or source["path"], head=source["head"], imgsz=source["imgsz"])
+    detector = load_detector(checkpoint or source["path"], head=source["head"], imgsz=source["imgsz"], trust=trust)
     if detector.sha256 != source["sha256"]:
         raise UserError(
             f"{path} was made from a checkpoint with sha256 {source['sha256'][:12]}…, but "

@@ -7,6 +7,7 @@ never drift apart. Every JSON written records versions, input hashes and configu
 from pathlib import Path
 
 from yolo_w4.checkpoint import load_detector
+from yolo_w4.errors import UserError
 from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
 from yolo_w4.provenance import input_record, utc_now, versions
@@ -20,7 +21,7 @@ def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
 
 
 def synthesize_step(
-    checkpoint, output, picture=None, images=8, imgsz=640, steps=200, lr=0.05, seed=0, device="auto"
+    checkpoint, output, picture=None, images=8, imgsz=640, steps=200, lr=0.05, seed=0, device="auto", trust=False
 ) -> dict:
     """checkpoint -> data-free calibration images distilled from its BatchNorm statistics (+ record, picture).
 
@@ -35,7 +36,7 @@ def synthesize_step(
     started = time.perf_counter()
     device = resolve_torch_device(device)
     settings = {"images": images, "imgsz": imgsz, "steps": steps, "lr": lr, "seed": seed}
-    tensors = synthesize_images(unfused_model(checkpoint), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device)
+    tensors = synthesize_images(unfused_model(checkpoint, trust=trust), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device)
     settings["device"] = device
     settings["seconds"] = round(time.perf_counter() - started, 1)
     if picture:
@@ -45,7 +46,7 @@ def synthesize_step(
 
 def quantize_step(
     checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None,
-    synthetic=None, device="auto",
+    synthetic=None, device="auto", trust=False,
 ) -> dict:
     """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
 
@@ -66,7 +67,7 @@ def quantize_step(
 
     started = time.perf_counter()
     device = resolve_torch_device(device)
-    detector = load_detector(checkpoint, head, imgsz)
+    detector = load_detector(checkpoint, head, imgsz, trust=trust)
     settings = {**DEFAULT_SETTINGS, **settings, "device": device}
     selected = quantizable_layers(detector.model, settings["keep_float"])
     mixed = settings.get("mixed")
@@ -93,7 +94,7 @@ def quantize_step(
         from yolo_w4.checkpoint import unfused_model
         from yolo_w4.data_free import bn_bias_correction, input_means
 
-        shifts = bn_bias_correction(model, detector.model, input_means(unfused_model(checkpoint), imgsz))
+        shifts = bn_bias_correction(model, detector.model, input_means(unfused_model(checkpoint, trust=trust), imgsz))
         records = records or {}
         for name, shift in shifts.items():
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
@@ -137,7 +138,7 @@ def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict, device="
 
 
 def sensitivity_step(
-    checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32, device="auto"
+    checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32, device="auto", trust=False
 ) -> list:
     """Layer sensitivity ranking -> CSV + plot. device (auto | cpu | cuda): where the forward passes run."""
     from yolo_w4.calibration import calibration_tensors
@@ -146,7 +147,7 @@ def sensitivity_step(
     from yolo_w4.torch_device import resolve_torch_device
 
     device = resolve_torch_device(device)
-    detector = load_detector(checkpoint, head, imgsz)
+    detector = load_detector(checkpoint, head, imgsz, trust=trust)
     images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used)
     model = detector.model.to(device)
     rows = layer_sensitivity(model, [image.to(device) for image in images], imgsz)
@@ -157,20 +158,26 @@ def sensitivity_step(
     return rows
 
 
-def _load_model(checkpoint, quantized, head, imgsz):
+def _load_model(checkpoint, quantized, head, imgsz, trust=False):
     """(PyTorch model, detector, settings or None): the FP model, or the rebuilt quantized one."""
     if quantized:
-        model, detector, record = load_quantized(quantized, checkpoint)
+        model, detector, record = load_quantized(quantized, checkpoint, trust)
+        if head is not None and head != detector.head:
+            raise UserError(
+                f"{quantized} was quantized with head {detector.head}, so head {head} cannot be exported from it; "
+                f"re-quantize with head {head}, or leave the head to the quantized file"
+            )
         return model, detector, record["settings"]
-    detector = load_detector(checkpoint, head, imgsz)
+    detector = load_detector(checkpoint, head, imgsz, trust=trust)
     return detector.model, detector, None
 
 
 def export_step(
-    checkpoint, output, record_path, quantized=None, precision="fp32", head="one2one", imgsz=640, config=None
+    checkpoint, output, record_path, quantized=None, precision="fp32", head="one2one", imgsz=640, config=None,
+    trust=False,
 ) -> dict:
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
-    model, detector, settings = _load_model(checkpoint, quantized, head, imgsz)
+    model, detector, settings = _load_model(checkpoint, quantized, head, imgsz, trust)
     if quantized:
         export_qcdq(model, output, detector.imgsz, precision)
     else:
@@ -211,9 +218,10 @@ def smoke_step(
     head="one2one",
     imgsz=640,
     config=None,
+    trust=False,
 ) -> dict:
     """ONNX -> smoke JSON: providers, I/O, latency, detections on a photo, parity with PyTorch."""
-    model, detector, _ = _load_model(checkpoint, quantized, head, imgsz)
+    model, detector, _ = _load_model(checkpoint, quantized, head, imgsz, trust)
     result = smoke_test(onnx_path, model, detector, variant, image, device, precision, runs, warmup, conf)
     result["config"] = config
     write_json(output, result)
