@@ -192,3 +192,20 @@ def test_workflow_refuses_a_payload_before_any_artifact(evil, tmp_path):
 def test_trusted_load_is_recorded(seeded_checkpoint):
     assert load_detector(seeded_checkpoint).describe()["trusted_load"] is False
     assert load_detector(seeded_checkpoint, trust=True).describe()["trusted_load"] is True
+
+
+def test_a_job_unpickles_its_checkpoint_once(seeded_checkpoint, tmp_path, monkeypatch):
+    """quantize with data-free bias correction needs the fused and the unfused model: one load."""
+    from yolo_w4 import steps
+
+    loads = []
+
+    def counted(path, trust=False):
+        loads.append(path)
+        return unpickle_checkpoint(path, trust=trust)
+
+    monkeypatch.setattr(checkpoint, "unpickle_checkpoint", counted)
+    monkeypatch.setattr(steps, "unpickle_checkpoint", counted)
+    record = steps.quantize_step(seeded_checkpoint, tmp_path / "bn.pt", "w4a16_bn", {"bias_correction": "bn"}, imgsz=320, device="cpu")
+    assert len(loads) == 1, loads
+    assert record["calibration"] and any("bn_bias_shift_max" in r for r in record["calibration"].values())

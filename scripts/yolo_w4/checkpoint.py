@@ -224,8 +224,15 @@ def _not_a_checkpoint(path, error) -> UserError:
     )
 
 
-def unfused_model(path, trust: bool = False) -> torch.nn.Module:
-    """The checkpoint's model before Conv+BN fusing (FP32, eval): its BatchNorm statistics intact."""
+def unfused_model(path, trust: bool = False, ckpt: dict | None = None) -> torch.nn.Module:
+    """The checkpoint's model before Conv+BN fusing (FP32, eval): its BatchNorm statistics intact.
+
+    ckpt: an already unpickled checkpoint (one load per job); its model is copied, not changed.
+    """
+    if ckpt is not None:
+        import copy
+
+        return copy.deepcopy(ckpt.get("ema") or ckpt["model"]).float().eval()
     ckpt = unpickle_checkpoint(path, trust=trust)
     return (ckpt.get("ema") or ckpt["model"]).float().eval()
 
@@ -271,7 +278,7 @@ def prepare_export(model: torch.nn.Module, imgsz: int, max_det: int = MAX_DET) -
     return model
 
 
-def load_detector(path, head: str = "one2one", imgsz: int = 640, trust: bool = False) -> Detector:
+def load_detector(path, head: str = "one2one", imgsz: int = 640, trust: bool = False, ckpt: dict | None = None) -> Detector:
     """Load, select the head, fuse Conv+BN in FP32, and set export mode.
 
     `one2one` is YOLOv10's NMS-free head: export output (1, 300, 6) = x1, y1, x2, y2, score,
@@ -284,7 +291,7 @@ def load_detector(path, head: str = "one2one", imgsz: int = 640, trust: bool = F
         raise UserError(f"head must be one of {HEADS}, got {head!r} (config key `head`)")
     from yolo_w4.legacy_yolov5 import YOLOv5Model
 
-    ckpt = unpickle_checkpoint(path, trust=trust)
+    ckpt = ckpt if ckpt is not None else unpickle_checkpoint(path, trust=trust)  # ckpt: already loaded this job
     model = _detection_model(ckpt, path)
     legacy = isinstance(model, YOLOv5Model)
     has_one2one = getattr(model.model[-1], "one2one_cv2", None) is not None

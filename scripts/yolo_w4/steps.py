@@ -6,7 +6,7 @@ never drift apart. Every JSON written records versions, input hashes and configu
 
 from pathlib import Path
 
-from yolo_w4.checkpoint import load_detector
+from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
 from yolo_w4.errors import UserError
 from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
@@ -29,7 +29,6 @@ def synthesize_step(
     """
     import time
 
-    from yolo_w4.checkpoint import unfused_model
     from yolo_w4.synthetic import contact_sheet, save_synthetic, synthesize_images
     from yolo_w4.torch_device import resolve_torch_device
 
@@ -67,7 +66,9 @@ def quantize_step(
 
     started = time.perf_counter()
     device = resolve_torch_device(device)
-    detector = load_detector(checkpoint, head, imgsz, trust=trust)
+    ckpt = unpickle_checkpoint(checkpoint, trust=trust)  # once per job: fusing changes its model, so copy first
+    unfused = unfused_model(checkpoint, ckpt=ckpt) if settings.get("bias_correction") == "bn" else None
+    detector = load_detector(checkpoint, head, imgsz, trust=trust, ckpt=ckpt)
     settings = {**DEFAULT_SETTINGS, **settings, "device": device}
     selected = quantizable_layers(detector.model, settings["keep_float"])
     mixed = settings.get("mixed")
@@ -91,10 +92,9 @@ def quantize_step(
         records = calibrated_ptq(detector.model, model, images, settings, bits, device)
         settings["calibration_images"] = len(images)
     if settings.get("bias_correction") == "bn":
-        from yolo_w4.checkpoint import unfused_model
         from yolo_w4.data_free import bn_bias_correction, input_means
 
-        shifts = bn_bias_correction(model, detector.model, input_means(unfused_model(checkpoint, trust=trust), imgsz))
+        shifts = bn_bias_correction(model, detector.model, input_means(unfused, imgsz))
         records = records or {}
         for name, shift in shifts.items():
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
