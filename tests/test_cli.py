@@ -33,15 +33,6 @@ def test_cli_quantize_export_smoke(seeded_checkpoint, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "again.onnx").exists()
 
 
-def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):
-    result = cli("quantize", "--checkpoint", "missing.pt", "--out", "w4.pt", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: checkpoint not found: missing.pt (set `checkpoint:` in the config or pass --config checkpoint=PATH)"
-    ]
-    assert not (tmp_path / "w4.pt").exists()
-
-
 def test_cli_data_free_gptq_on_synthesized_images(seeded_checkpoint, tmp_path):
     import torch
 

@@ -175,23 +175,6 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, override, messa
     assert not (ROOT / "results" / "pytest-bad-config").exists()
 
 
-def test_file_that_is_not_a_checkpoint_fails_cleanly(tmp_path):
-    bad = tmp_path / "yolov10m.pt"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n not a checkpoint")
-    run_id = "pytest-bad-checkpoint"
-    result = snakemake(config=small_config(run_id, checkpoint=str(bad)), tmp_path=tmp_path)
-    try:
-        assert result.returncode != 0
-        lines = error_lines(result)
-        assert lines and f"{bad} is not a PyTorch checkpoint" in lines[0], result.stderr
-        outputs = [p for p in (ROOT / "results" / run_id).rglob("*") if ".ultralytics" not in p.parts]
-        # the COCO subset and the runtime probe do not read the checkpoint and may be complete; nothing made from it exists
-        artifacts = [p for p in outputs if p.suffix in (".pt", ".onnx", ".json") and not {"coco", "runtime"} & set(p.parts)]
-        assert artifacts == []
-    finally:
-        shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
-
-
 def test_metrics_json_for_fp_and_every_variant(run):
     results, config, _ = run
     ids = (results / "coco" / "image_ids.txt").read_text().split()

@@ -182,6 +182,7 @@ def report_step(
     }
     rows = delta_rows(metrics, intervals, exports, latency, packed)
     notes = report_notes(metrics, latency, resamples)
+    notes.append(f"Built from {len(sources)} records; deltas.json lists each by path and sha256 (`inputs`).")
     title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
     report.write_csv(outputs["csv"], rows)
     report.write_text(outputs["markdown"], report.markdown(rows, notes))
