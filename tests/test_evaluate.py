@@ -188,3 +188,47 @@ def test_truncated_jpeg_is_refused_not_partly_scored(coco_photo_path, tmp_path):
 @pytest.fixture
 def coco_photo_path(val_images):
     return val_images[0]
+
+
+@pytest.mark.parametrize(("checkpoint", "head", "conf"), [(FALL_V8S, "one2many", 0.25), (THUMIG, "one2one", 0.1)], ids=["yolov8s-nms", "yolov10n-nms-free"])
+def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head, conf):
+    """YOLO("ours.onnx").predict: the checkpoint's class names, and our evaluator's boxes within 1 px.
+
+    The metadata says whether the head is NMS-free: on the one2one file Ultralytics must not
+    run NMS over the (1, 300, 6) output, so it keeps exactly the rows above conf that we keep.
+    """
+    from ultralytics import YOLO
+
+    from yolo_w4.eval_steps import pack_step
+    from yolo_w4.steps import export_step, quantize_step
+
+    path = shared(*checkpoint)
+    names = load_detector(path, head).names
+    export_step(path, tmp_path / "fp.onnx", tmp_path / "fp.json", head=head)
+    quantize_step(path, tmp_path / "w4.pt", "w4a16_rtn", {}, head=head, device="cpu")
+    export_step(path, tmp_path / "w4.onnx", tmp_path / "w4.json", quantized=tmp_path / "w4.pt", head=head)
+    pack_step(tmp_path / "w4.onnx", tmp_path / "w4-int4.onnx", tmp_path / "w4-int4.json")
+    images = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[:4]
+    compared = 0
+    for name in ("fp.onnx", "w4.onnx", "w4-int4.onnx"):
+        client = YOLO(str(tmp_path / name), task="detect")
+        for image in images:
+            result = client.predict(str(image), conf=conf, imgsz=640, rect=False, device="cpu", verbose=False)[0]
+            assert result.names == names, name
+            theirs = result.boxes.xyxy.numpy(), result.boxes.conf.numpy(), result.boxes.cls.numpy().astype(int)
+            ours = our_boxes(tmp_path / name, image, head, conf)
+            assert len(ours[0]) == len(theirs[0]), (name, image.name)
+            for box, box_score, cls in zip(*theirs):
+                distance = np.where(ours[2] == cls, np.abs(ours[0] - box).max(axis=1), np.inf)
+                best = int((distance + 100 * np.abs(ours[1] - box_score)).argmin())
+                assert distance[best] <= 1.0 and abs(ours[1][best] - box_score) < 1e-3, (name, image.name, box)
+                compared += 1
+    assert compared >= 5, "the comparison must cover real detections"
+    import onnx
+
+    from yolo_w4.onnx_metadata import read_metadata
+    from yolo_w4.provenance import sha256
+
+    packed = read_metadata(onnx.load(str(tmp_path / "w4-int4.onnx")))
+    assert packed["yolo_w4_format"] == "int4" and packed["yolo_w4_variant"] == "w4a16_rtn"
+    assert packed["yolo_w4_checkpoint_sha256"] == sha256(path) and packed["end2end"] == str(head == "one2one")

@@ -35,7 +35,46 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model.half() if precision == "fp16" else model.float()
 
 
-def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1) -> None:
+def model_metadata(detector, precision: str, variant: str = "fp", settings: dict | None = None, batch: int = 1) -> dict:
+    """Ultralytics' exporter keys for this model (its AutoBackend reads them), plus our provenance keys."""
+    import json
+
+    import ultralytics
+
+    stride = getattr(detector.model, "stride", None)
+    return {
+        "description": f"yolo-w4 {variant} ({precision}) of {detector.path}",
+        "author": "yolo-w4",
+        "version": ultralytics.__version__,
+        "stride": int(max(stride)) if stride is not None else 32,
+        "task": "detect",
+        "batch": batch,
+        "imgsz": [detector.imgsz, detector.imgsz],
+        "names": dict(detector.names),
+        "channels": 3,
+        "end2end": detector.head == "one2one",  # NMS-free (1, 300, 6) output: clients must not run NMS
+        "args": {"batch": batch, "half": precision == "fp16", "nms": False, "dynamic": False, "imgsz": detector.imgsz},
+        "yolo_w4_variant": variant,
+        "yolo_w4_format": "qcdq" if settings else "float",
+        "yolo_w4_head": detector.head,
+        "yolo_w4_precision": precision,
+        "yolo_w4_checkpoint_sha256": detector.sha256,
+        "yolo_w4_settings": json.dumps(settings, sort_keys=True, default=str) if settings else "null",
+    }
+
+
+def _stamp(path, metadata: dict | None) -> None:
+    if metadata:
+        from yolo_w4.onnx_metadata import set_metadata
+
+        model = onnx.load(str(path))
+        set_metadata(model, metadata)
+        onnx.save(model, str(path))
+
+
+def export_fp(
+    model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1, metadata: dict | None = None
+) -> None:
     """FP baseline with torch's TorchScript exporter (the same settings as the QCDQ export)."""
     model = _cast(model, precision)
     with atomic_path(path) as tmp, torch.no_grad():
@@ -49,6 +88,7 @@ def export_fp(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "
             do_constant_folding=True,
             **onnx_export_kwargs(),
         )
+        _stamp(tmp, metadata)
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
@@ -67,7 +107,9 @@ def snap_to_grid(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export_qcdq(model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1) -> None:
+def export_qcdq(
+    model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1, metadata: dict | None = None
+) -> None:
     """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv).
 
     FP16 casts the model after snapping its weights to the FP32 grid: the same integers as FP32.
@@ -85,6 +127,7 @@ def export_qcdq(model: torch.nn.Module, path, imgsz: int = 640, precision: str =
             output_names=[OUTPUT_NAME],
             **onnx_export_kwargs(),
         )
+        _stamp(tmp, metadata)
         onnx.checker.check_model(str(tmp), full_check=True)
 
 

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from yolo_w4.errors import UserError
 from yolo_w4.files import atomic_path
+from yolo_w4.onnx_metadata import read_metadata, set_metadata
 
 INT4_OPSET = 21  # first opset whose DequantizeLinear takes INT4 / UINT4
 INT4_IR_VERSION = 10  # first IR version with the 4-bit element types
@@ -66,8 +67,10 @@ def pack_int4(qcdq_path, output) -> dict:
         model = onnx.load(str(qcdq_path))
     except Exception as error:  # protobuf raises several kinds on a file that is not ONNX
         raise UserError(f"{qcdq_path} is not an ONNX model ({type(error).__name__}); pass a *-qcdq-ptq.onnx export") from None
+    metadata = read_metadata(model)  # the version converter does not carry metadata_props over
     model = version_converter.convert_version(model, INT4_OPSET)
     model.ir_version = max(model.ir_version, INT4_IR_VERSION)
+    set_metadata(model, {**metadata, **({"yolo_w4_format": "int4"} if metadata else {})})
     graph = model.graph
     if any(init.data_type in (TensorProto.INT4, TensorProto.UINT4) for init in graph.initializer):
         raise UserError(f"{qcdq_path} is already INT4-packed: pack the QCDQ export (*-qcdq-ptq.onnx) instead")

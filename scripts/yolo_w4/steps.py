@@ -177,11 +177,16 @@ def export_step(
     trust=False,
 ) -> dict:
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
+    from yolo_w4.export import model_metadata
+    from yolo_w4.quantized_checkpoint import read_record
+
     model, detector, settings = _load_model(checkpoint, quantized, head, imgsz, trust)
+    variant = read_record(quantized)["variant"] if quantized else "fp"
+    metadata = model_metadata(detector, precision, variant, settings)
     if quantized:
-        export_qcdq(model, output, detector.imgsz, precision)
+        export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)
     else:
-        export_fp(model, output, detector.imgsz, precision)
+        export_fp(model, output, detector.imgsz, precision, metadata=metadata)
     inputs = {"checkpoint": checkpoint, **({"quantized": quantized} if quantized else {})}
     record = {
         "onnx": str(output),
