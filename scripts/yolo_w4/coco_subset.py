@@ -5,6 +5,7 @@ Ids come from `coco.max_images` (first N ids in sorted order) or `coco.image_ids
 metrics JSON, so two numbers are only ever compared on the same images.
 """
 
+import collections
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def load_coco(path) -> dict:
     if missing:
         raise UserError(f"{path} is not a COCO detection annotation file (no {', '.join(missing)} list)")
     ids = [image.get("id") for image in data["images"]]
-    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if repeated:
         raise UserError(f"{path} lists image id {repeated[0]} more than once ({len(repeated)} ids repeated); each image must appear once")
     orphans = sorted({a.get("image_id") for a in data["annotations"]} - set(ids), key=str)

@@ -3,8 +3,8 @@
 import contextlib
 import errno
 import json
-import shutil
 import os
+import shutil
 import tempfile
 from pathlib import Path
 

@@ -271,30 +271,29 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
 
 def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 200) -> dict:
     """The default w4a16 recipe on CUDA: distil `images` synthetic images, then GPTQ on them."""
-    import torch
-
-    from yolo_w4.checkpoint import load_detector, unfused_model
+    from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.quantize import DEFAULT_SETTINGS, quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
     from yolo_w4.steps import calibrated_ptq
     from yolo_w4.synthetic import as_calibration, synthesize_images
+    from yolo_w4.torch_device import synchronize
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_seeded_checkpoint(Path(folder) / "seeded.pt", arch)
-        detector = load_detector(checkpoint, "one2one", 640)
-        unfused = unfused_model(checkpoint)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
+        ckpt = unpickle_checkpoint(checkpoint)  # one load: the unfused copy is taken before fusing
+        unfused = unfused_model(checkpoint, ckpt=ckpt)
+        detector = load_detector(checkpoint, "one2one", 640, ckpt=ckpt)
+    synchronize(device)
     started = time.perf_counter()
     tensors = synthesize_images(unfused, count=images, imgsz=640, steps=steps, device=device)
-    sync()
+    synchronize(device)
     synthesis = time.perf_counter() - started
     settings = {**DEFAULT_SETTINGS, "weight_bits": 4, "method": "gptq", "scale": "mse"}
     model = quantize_weights(detector.model, settings)
     bits = {name: 4 for name in quantizable_layers(detector.model)}
     started = time.perf_counter()
     calibrated_ptq(detector.model, model, as_calibration(tensors), settings, bits, device=device)
-    sync()
+    synchronize(device)
     gptq = time.perf_counter() - started
     return {
         "arch": arch,
@@ -346,7 +345,7 @@ def table(result: dict) -> str:
             rows.append((f"latency {row['model']}{flag}, batch {row['batch']}", f"{row['median_ms']} ms median (p90 {row['p90_ms']}), {row['images_per_s']} img/s"))
     ptq = result.get("ptq_on_cuda", {})
     if ptq:
-        rows.append(("default w4a16 on CUDA (seeded YOLOv10m)", ptq.get("error") or (
+        rows.append((f"default w4a16 on {ptq.get('device', 'cuda')} (seeded {Path(ptq.get('arch', '')).stem})", ptq.get("error") or (
             f"distillation {ptq['images']} images x {ptq['steps']} steps {ptq['synthesis_seconds']} s + GPTQ {ptq['gptq_seconds']} s "
             f"= {ptq['total_seconds']} s ({ptq['quantized_convs']} convs)")))
     if result.get("export_seconds"):

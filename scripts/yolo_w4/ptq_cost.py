@@ -24,7 +24,7 @@ import torch
 
 from yolo_w4.files import write_json
 from yolo_w4.provenance import utc_now, versions
-from yolo_w4.torch_device import resolve_torch_device
+from yolo_w4.torch_device import resolve_torch_device, synchronize
 
 METHODS = {
     "gptq": {"method": "gptq", "scale": "mse"},
@@ -44,12 +44,6 @@ def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
     return [photos[i % len(photos)] for i in range(count)]
 
 
-def synchronize(device: str) -> None:
-    """Wait for queued CUDA work, so a timer read afterwards counts it (nothing to wait for on CPU)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure_synthesis(unfused, count: int, imgsz: int, steps: int, device: str = "cpu") -> tuple[float, float]:
     """Seconds for `steps` distillation steps, and extrapolated to the default step count."""
     from yolo_w4.synthetic import synthesize_images
@@ -65,7 +59,7 @@ def measure_synthesis(unfused, count: int, imgsz: int, steps: int, device: str =
 def measure(
     arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), synthesis_steps: int = 10, device: str = "auto"
 ) -> list[dict]:
-    from yolo_w4.checkpoint import load_detector, unfused_model
+    from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.quantize import quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
     from yolo_w4.steps import calibrated_ptq
@@ -74,8 +68,9 @@ def measure(
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_seeded_checkpoint(Path(folder) / "seeded.pt", arch)
-        detector = load_detector(checkpoint, "one2many", imgsz)
-        unfused = unfused_model(checkpoint) if "synthesis" in methods else None
+        ckpt = unpickle_checkpoint(checkpoint)  # one load: the unfused copy is taken before fusing
+        unfused = unfused_model(checkpoint, ckpt=ckpt) if "synthesis" in methods else None
+        detector = load_detector(checkpoint, "one2many", imgsz, ckpt=ckpt)
     images = calibration_images(count, imgsz)
     selected = quantizable_layers(detector.model)
     parameters = sum(detector.model.get_submodule(name).weight.numel() for name in selected)

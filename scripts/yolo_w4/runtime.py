@@ -13,15 +13,6 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def available_providers() -> list[str]:
-    """Providers compiled into the installed onnxruntime: not proof that they can load."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return onnxruntime.get_available_providers()
-
-
 def requested_providers(device: str) -> list[str]:
     """What we ask ONNX Runtime for: CUDA first unless the config says cpu."""
     if device not in DEVICES:

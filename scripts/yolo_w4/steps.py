@@ -159,7 +159,7 @@ def sensitivity_step(
 
 
 def _load_model(checkpoint, quantized, head, imgsz, trust=False):
-    """(PyTorch model, detector, settings or None): the FP model, or the rebuilt quantized one."""
+    """(PyTorch model, detector, quantized record or None): the FP model, or the rebuilt quantized one."""
     if quantized:
         model, detector, record = load_quantized(quantized, checkpoint, trust)
         if head is not None and head != detector.head:
@@ -167,7 +167,7 @@ def _load_model(checkpoint, quantized, head, imgsz, trust=False):
                 f"{quantized} was quantized with head {detector.head}, so head {head} cannot be exported from it; "
                 f"re-quantize with head {head}, or leave the head to the quantized file"
             )
-        return model, detector, record["settings"]
+        return model, detector, record
     detector = load_detector(checkpoint, head, imgsz, trust=trust)
     return detector.model, detector, None
 
@@ -178,10 +178,10 @@ def export_step(
 ) -> dict:
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
     from yolo_w4.export import model_metadata
-    from yolo_w4.quantized_checkpoint import read_record
 
-    model, detector, settings = _load_model(checkpoint, quantized, head, imgsz, trust)
-    variant = read_record(quantized)["variant"] if quantized else "fp"
+    model, detector, quantized_record = _load_model(checkpoint, quantized, head, imgsz, trust)
+    settings = quantized_record["settings"] if quantized_record else None
+    variant = quantized_record["variant"] if quantized_record else "fp"
     metadata = model_metadata(detector, precision, variant, settings)
     if quantized:
         export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)

@@ -19,3 +19,11 @@ def resolve_torch_device(device: str) -> str:
             f"CUDA build {torch.version.cuda or 'none'}); set device: auto or cpu"
         )
     return device
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work, so a timer read afterwards counts it (nothing to wait for on CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
