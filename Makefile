@@ -36,7 +36,11 @@ GPU_PYTHON ?=
 gpu-check: $(if $(GPU_PYTHON),,setup)
 	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(or $(GPU_PYTHON),$(BIN)/python) -m yolo_w4.gpu_check --out results/gpu-check $(GPU_CHECK_ARGS)
 
+# ruff (lint + format), snakefmt and Snakemake's own linter; each failure names the file.
 lint: setup
+	$(BIN)/ruff check scripts tests
+	$(BIN)/ruff format --check scripts tests
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 clean-demo:

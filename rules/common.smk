@@ -33,7 +33,11 @@ SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
 COCO = config["coco"]
 
-for key, value in (("checkpoint", CHECKPOINT), ("coco.images", COCO["images"]), ("coco.annotations", COCO["annotations"])):
+for key, value in (
+    ("checkpoint", CHECKPOINT),
+    ("coco.images", COCO["images"]),
+    ("coco.annotations", COCO["annotations"]),
+):
     if "{" in value or "}" in value:
         fail(f"{key}: {value} contains {{ or }}, which Snakemake reads as a wildcard; rename or move the file")
 if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT):

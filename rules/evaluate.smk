@@ -17,12 +17,12 @@ rule coco_subset:
         id_list=COCO["image_ids_list"] or [],
     output:
         **subset_outputs(),
-    params:
-        max_images=COCO["max_images"],
     log:
         f"{RUN}/logs/coco_subset.log",
     conda:
         "../envs/onnxruntime.yaml"
+    params:
+        max_images=COCO["max_images"],
     script:
         "../scripts/coco_subset.py"
 
@@ -37,6 +37,12 @@ rule evaluate_coco:
     output:
         metrics=f"{RUN}/metrics/{{model}}-{{variant}}.json",
         detections=f"{RUN}/metrics/{{model}}-{{variant}}-detections.json",
+    log:
+        f"{RUN}/logs/evaluate_coco/{{model}}-{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/evaluate_coco/{{model}}-{{variant}}.tsv"
+    conda:
+        "../envs/onnxruntime.yaml"
     params:
         head=config["head"],
         imgsz=config["imgsz"],
@@ -46,12 +52,6 @@ rule evaluate_coco:
         iou=config["eval"]["iou"],
         max_det=config["eval"]["max_det"],
         multi_label=config["eval"]["multi_label"],
-    log:
-        f"{RUN}/logs/evaluate_coco/{{model}}-{{variant}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/evaluate_coco/{{model}}-{{variant}}.tsv"
-    conda:
-        "../envs/onnxruntime.yaml"
     script:
         "../scripts/evaluate_coco.py"
 
@@ -63,17 +63,17 @@ rule benchmark_latency:
         images=COCO["images"],
     output:
         f"{RUN}/latency/{MODEL}.json",
-    params:
-        names=[FP, *VARIANTS],
-        device=config["device"],
-        images_timed=config["latency"]["images"],
-        rounds=config["latency"]["rounds"],
-        imgsz=config["imgsz"],
     log:
         f"{RUN}/logs/benchmark_latency/{MODEL}.log",
     benchmark:
         f"{RUN}/benchmarks/benchmark_latency/{MODEL}.tsv"
     conda:
         "../envs/onnxruntime.yaml"
+    params:
+        names=[FP, *VARIANTS],
+        device=config["device"],
+        images_timed=config["latency"]["images"],
+        rounds=config["latency"]["rounds"],
+        imgsz=config["imgsz"],
     script:
         "../scripts/benchmark_latency.py"

@@ -2,13 +2,13 @@ rule probe_runtime:
     # FP16 where ONNX Runtime really runs CUDA, decided in the env that runs the models.
     output:
         runtime_path(),
-    params:
-        device=config["device"],
-        precision=config["precision"],
     log:
         f"{RUN}/logs/probe_runtime.log",
     conda:
         "../envs/onnxruntime.yaml"
+    params:
+        device=config["device"],
+        precision=config["precision"],
     script:
         "../scripts/probe_runtime.py"
 
@@ -20,16 +20,16 @@ rule export_fp:
     output:
         onnx=f"{RUN}/onnx/{{model}}-fp.onnx",
         record=f"{RUN}/onnx/{{model}}-fp.json",
-    params:
-        precision=runtime_precision,
-        head=config["head"],
-        imgsz=config["imgsz"],
     log:
         f"{RUN}/logs/export_fp/{{model}}.log",
     benchmark:
         f"{RUN}/benchmarks/export_fp/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
+    params:
+        precision=runtime_precision,
+        head=config["head"],
+        imgsz=config["imgsz"],
     script:
         "../scripts/export_onnx.py"
 
@@ -41,16 +41,16 @@ rule export_qcdq:
     output:
         onnx=f"{RUN}/onnx/{{model}}-{{variant}}-qcdq-ptq.onnx",
         record=f"{RUN}/onnx/{{model}}-{{variant}}-qcdq-ptq.json",
-    params:
-        precision=runtime_precision,
-        head=config["head"],
-        imgsz=config["imgsz"],
     log:
         f"{RUN}/logs/export_qcdq/{{model}}-{{variant}}.log",
     benchmark:
         f"{RUN}/benchmarks/export_qcdq/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/torch.yaml"
+    params:
+        precision=runtime_precision,
+        head=config["head"],
+        imgsz=config["imgsz"],
     script:
         "../scripts/export_onnx.py"
 

@@ -2,16 +2,16 @@ rule seeded_checkpoint:
     # Random-weight checkpoints for the offline demo and the tests (no download possible).
     output:
         "results/seeded/{arch}-seed{seed}.pt",
+    log:
+        "results/seeded/logs/{arch}-seed{seed}.log",
     wildcard_constraints:
         arch=r"yolo[a-z0-9]+",
         seed=r"\d+",
+    conda:
+        "../envs/torch.yaml"
     params:
         arch=lambda wc: f"{wc.arch}.yaml",
         seed=lambda wc: int(wc.seed),
-    log:
-        "results/seeded/logs/{arch}-seed{seed}.log",
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/seeded_checkpoint.py"
 
@@ -25,12 +25,12 @@ rule calibration_subset:
         id_list=CALIBRATION["image_ids_list"] or [],
     output:
         calibration_ids(),
-    params:
-        max_images=CALIBRATION["max_images"],
     log:
         f"{RUN}/logs/calibration_subset.log",
     conda:
         "../envs/onnxruntime.yaml"
+    params:
+        max_images=CALIBRATION["max_images"],
     script:
         "../scripts/calibration_subset.py"
 
@@ -44,6 +44,12 @@ rule synthesize_calibration:
         picture=report(
             f"{RUN}/calibration/{MODEL}-synthetic.png", caption="report/synthetic.rst", category="5. Calibration"
         ),
+    log:
+        f"{RUN}/logs/synthesize_calibration/{MODEL}.log",
+    benchmark:
+        f"{RUN}/benchmarks/synthesize_calibration/{MODEL}.tsv"
+    conda:
+        "../envs/torch.yaml"
     params:
         images=CALIBRATION["synthetic"]["images"],
         imgsz=CALIBRATION["synthetic"]["imgsz"] or config["imgsz"],
@@ -51,12 +57,6 @@ rule synthesize_calibration:
         lr=CALIBRATION["synthetic"]["lr"],
         seed=CALIBRATION["synthetic"]["seed"],
         device=config["device"],
-    log:
-        f"{RUN}/logs/synthesize_calibration/{MODEL}.log",
-    benchmark:
-        f"{RUN}/benchmarks/synthesize_calibration/{MODEL}.tsv"
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/synthesize_calibration.py"
 
@@ -69,19 +69,29 @@ rule layer_sensitivity:
         calibration_annotations=CALIBRATION["annotations"],
         calibration_images=CALIBRATION["images"],
     output:
-        table=report(sensitivity_path(), caption="report/sensitivity.rst", category="4. Sensitivity", labels={"item": "table (CSV)"}),
-        plot=report(f"{RUN}/sensitivity/{MODEL}.png", caption="report/sensitivity.rst", category="4. Sensitivity", labels={"item": "plot"}),
-    params:
-        head=config["head"],
-        imgsz=config["imgsz"],
-        images_used=CALIBRATION["sensitivity_images"],
-        device=config["device"],
+        table=report(
+            sensitivity_path(),
+            caption="report/sensitivity.rst",
+            category="4. Sensitivity",
+            labels={"item": "table (CSV)"},
+        ),
+        plot=report(
+            f"{RUN}/sensitivity/{MODEL}.png",
+            caption="report/sensitivity.rst",
+            category="4. Sensitivity",
+            labels={"item": "plot"},
+        ),
     log:
         f"{RUN}/logs/layer_sensitivity/{MODEL}.log",
     benchmark:
         f"{RUN}/benchmarks/layer_sensitivity/{MODEL}.tsv"
     conda:
         "../envs/torch.yaml"
+    params:
+        head=config["head"],
+        imgsz=config["imgsz"],
+        images_used=CALIBRATION["sensitivity_images"],
+        device=config["device"],
     script:
         "../scripts/layer_sensitivity.py"
 
@@ -91,17 +101,17 @@ rule quantize_weights:
         unpack(quantize_inputs),
     output:
         f"{RUN}/quantized/{{model}}-{{variant}}-ptq.pt",
-    params:
-        settings=lambda wc: config["variants"][wc.variant],
-        head=config["head"],
-        imgsz=config["imgsz"],
-        calibration_images=CALIBRATION["max_images"],
-        device=config["device"],
     log:
         f"{RUN}/logs/quantize_weights/{{model}}-{{variant}}.log",
     benchmark:
         f"{RUN}/benchmarks/quantize_weights/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/torch.yaml"
+    params:
+        settings=lambda wc: config["variants"][wc.variant],
+        head=config["head"],
+        imgsz=config["imgsz"],
+        calibration_images=CALIBRATION["max_images"],
+        device=config["device"],
     script:
         "../scripts/quantize_weights.py"

@@ -7,25 +7,50 @@ rule deltas_report:
         packed=[int4_record(v) for v in PACKED],
         latency=rules.benchmark_latency.output[0],
     output:
-        csv=report(report_path("csv"), caption="report/deltas_csv.rst", category="1. Deltas vs FP", labels={"table": "all metrics (CSV)"}),
+        csv=report(
+            report_path("csv"),
+            caption="report/deltas_csv.rst",
+            category="1. Deltas vs FP",
+            labels={"table": "all metrics (CSV)"},
+        ),
         markdown=report_path("markdown"),
-        html=report(report_path("html"), caption="report/deltas_html.rst", category="1. Deltas vs FP", labels={"table": "summary (HTML)"}),
+        html=report(
+            report_path("html"),
+            caption="report/deltas_html.rst",
+            category="1. Deltas vs FP",
+            labels={"table": "summary (HTML)"},
+        ),
         rst=report_path("rst"),
         json=report_path("json"),
-        map_plot=report(report_path("map_plot"), caption="report/map_plot.rst", category="2. Plots", labels={"figure": "mAP and delta CI"}),
-        size_plot=report(report_path("size_plot"), caption="report/size_plot.rst", category="2. Plots", labels={"figure": "size vs mAP"}),
-        latency_plot=report(report_path("latency_plot"), caption="report/latency_plot.rst", category="2. Plots", labels={"figure": "latency"}),
-    params:
-        names=[FP, *VARIANTS],
-        packed=PACKED,
-        resamples=config["bootstrap"]["resamples"],
-        seed=config["bootstrap"]["seed"],
+        map_plot=report(
+            report_path("map_plot"),
+            caption="report/map_plot.rst",
+            category="2. Plots",
+            labels={"figure": "mAP and delta CI"},
+        ),
+        size_plot=report(
+            report_path("size_plot"),
+            caption="report/size_plot.rst",
+            category="2. Plots",
+            labels={"figure": "size vs mAP"},
+        ),
+        latency_plot=report(
+            report_path("latency_plot"),
+            caption="report/latency_plot.rst",
+            category="2. Plots",
+            labels={"figure": "latency"},
+        ),
     log:
         f"{RUN}/logs/deltas_report.log",
     benchmark:
         f"{RUN}/benchmarks/deltas_report.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        names=[FP, *VARIANTS],
+        packed=PACKED,
+        resamples=config["bootstrap"]["resamples"],
+        seed=config["bootstrap"]["seed"],
     script:
         "../scripts/deltas_report.py"
 
@@ -43,12 +68,12 @@ rule draw_detections:
             category="3. Detections",
             labels={"variant": "{variant}"},
         ),
-    params:
-        conf=config["report"]["draw_conf"],
-        image_id=config["report"]["image_id"],
     log:
         f"{RUN}/logs/draw_detections/{{model}}-{{variant}}.log",
     conda:
         "../envs/onnxruntime.yaml"
+    params:
+        conf=config["report"]["draw_conf"],
+        image_id=config["report"]["image_id"],
     script:
         "../scripts/draw_detections.py"

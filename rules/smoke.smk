@@ -5,6 +5,12 @@ rule smoke_test:
         runtime=runtime_path(),
     output:
         f"{RUN}/smoke/{{model}}-{{variant}}.json",
+    log:
+        f"{RUN}/logs/smoke_test/{{model}}-{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/smoke_test/{{model}}-{{variant}}.tsv"
+    conda:
+        "../envs/torch.yaml"
     params:
         image=config["smoke"]["image"],
         device=config["device"],
@@ -14,11 +20,5 @@ rule smoke_test:
         conf=config["smoke"]["conf"],
         head=config["head"],
         imgsz=config["imgsz"],
-    log:
-        f"{RUN}/logs/smoke_test/{{model}}-{{variant}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/smoke_test/{{model}}-{{variant}}.tsv"
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/smoke_test.py"

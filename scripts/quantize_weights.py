@@ -19,7 +19,7 @@ run_rule(
         "images": sm.input.calibration_images,
         "limit": sm.params.calibration_images,
     }
-    if "calibration_ids" in sm.input.keys()
+    if "calibration_ids" in sm.input
     else None,
     sensitivity=sm.input.get("sensitivity"),
     synthetic=sm.input.get("synthetic"),

@@ -68,7 +68,9 @@ def coco_copy(tmp_path, edit_images=None, edit_annotations=None):
 
 def truncated_image(tmp_path):
     coco, name = coco_copy(tmp_path, edit_images=lambda data: data[: len(data) // 2])
-    return {"coco": coco}, rf"{re.escape(coco['images'])}/{re.escape(name)} is truncated \(JPEG without its end-of-image marker\)"
+    return {
+        "coco": coco
+    }, rf"{re.escape(coco['images'])}/{re.escape(name)} is truncated \(JPEG without its end-of-image marker\)"
 
 
 def repeated_image_id(tmp_path):
@@ -77,7 +79,9 @@ def repeated_image_id(tmp_path):
 
 
 def orphan_annotation(tmp_path):
-    coco, _ = coco_copy(tmp_path, edit_annotations=lambda c: c["annotations"].append({**c["annotations"][0], "image_id": 999999999}))
+    coco, _ = coco_copy(
+        tmp_path, edit_annotations=lambda c: c["annotations"].append({**c["annotations"][0], "image_id": 999999999})
+    )
     return {"coco": coco}, r".*instances\.json has annotations for image id 999999999, which its images list lacks"
 
 
@@ -91,8 +95,18 @@ CLI_ROWS = [  # (id, checkpoint maker or a path string, expected error line rege
     ("code-running pickle", evil_checkpoint, r".*yolov10n-seed0\.pt wants to call posix\.system while unpickling; "),
 ]
 SNAKEMAKE_ROWS = [  # (id, maker(tmp_path, seeded) -> (config overrides, regex), target (None: all), bad checkpoint?)
-    ("not a checkpoint", lambda t, s: ({"checkpoint": str(not_a_checkpoint(t, s))}, r".*is not a PyTorch checkpoint \("), FP_METRICS, True),
-    ("code-running pickle", lambda t, s: ({"checkpoint": str(evil_checkpoint(t, s))}, r".*wants to call posix\.system while unpickling"), FP_METRICS, True),
+    (
+        "not a checkpoint",
+        lambda t, s: ({"checkpoint": str(not_a_checkpoint(t, s))}, r".*is not a PyTorch checkpoint \("),
+        FP_METRICS,
+        True,
+    ),
+    (
+        "code-running pickle",
+        lambda t, s: ({"checkpoint": str(evil_checkpoint(t, s))}, r".*wants to call posix\.system while unpickling"),
+        FP_METRICS,
+        True,
+    ),
     ("braces in a path", lambda t, s: braces_in_path(t), None, True),
     ("truncated image", lambda t, s: truncated_image(t), FP_METRICS, False),
     ("repeated image id", lambda t, s: repeated_image_id(t), FP_METRICS, False),
@@ -112,7 +126,10 @@ def test_cli_bad_input(case, maker, pattern, tmp_path, seeded_checkpoint):
     checkpoint = maker if isinstance(maker, str) else str(maker(tmp_path, seeded_checkpoint))
     done = subprocess.run(
         [sys.executable, "-m", "yolo_w4", "quantize", "--checkpoint", checkpoint, "--out", "w4.pt"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
@@ -120,7 +137,9 @@ def test_cli_bad_input(case, maker, pattern, tmp_path, seeded_checkpoint):
     assert not (tmp_path / "w4.pt").exists() and not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize(("case", "maker", "target", "bad_checkpoint"), SNAKEMAKE_ROWS, ids=[row[0] for row in SNAKEMAKE_ROWS])
+@pytest.mark.parametrize(
+    ("case", "maker", "target", "bad_checkpoint"), SNAKEMAKE_ROWS, ids=[row[0] for row in SNAKEMAKE_ROWS]
+)
 def test_snakemake_bad_input(case, maker, target, bad_checkpoint, tmp_path, seeded_checkpoint):
     overrides, pattern = maker(tmp_path, seeded_checkpoint)
     run = ROOT / "results" / RUN_ID

@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
-
 
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "yolo_w4", *args], cwd=cwd, capture_output=True, text=True, env=None)
@@ -17,7 +15,21 @@ def test_cli_quantize_export_smoke(seeded_checkpoint, tmp_path):
         ("quantize", "--checkpoint", ckpt, "--out", "w4.pt", "--scale", "mse"),
         ("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--out", "w4.onnx"),
         ("pack", "--onnx", "w4.onnx", "--out", "w4-int4.onnx"),
-        ("smoke", "--checkpoint", ckpt, "--quantized", "w4.pt", "--onnx", "w4.onnx", "--device", "cpu", "--runs", "2", "--out", "smoke.json"),
+        (
+            "smoke",
+            "--checkpoint",
+            ckpt,
+            "--quantized",
+            "w4.pt",
+            "--onnx",
+            "w4.onnx",
+            "--device",
+            "cpu",
+            "--runs",
+            "2",
+            "--out",
+            "smoke.json",
+        ),
     ]
     for step in steps:
         result = cli(*step, cwd=tmp_path)
@@ -42,8 +54,36 @@ def test_cli_data_free_gptq_on_synthesized_images(seeded_checkpoint, tmp_path):
         "error: --method gptq needs calibration images: pass --synthetic FILE (from `synthesize`)"
     ]
     steps = [
-        ("synthesize", "--checkpoint", ckpt, "--imgsz", "64", "--images", "2", "--steps", "2", "--device", "cpu", "--out", "synthetic.pt"),
-        ("quantize", "--checkpoint", ckpt, "--imgsz", "64", "--method", "gptq", "--scale", "mse", "--synthetic", "synthetic.pt", "--out", "w4.pt"),
+        (
+            "synthesize",
+            "--checkpoint",
+            ckpt,
+            "--imgsz",
+            "64",
+            "--images",
+            "2",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            "synthetic.pt",
+        ),
+        (
+            "quantize",
+            "--checkpoint",
+            ckpt,
+            "--imgsz",
+            "64",
+            "--method",
+            "gptq",
+            "--scale",
+            "mse",
+            "--synthetic",
+            "synthetic.pt",
+            "--out",
+            "w4.pt",
+        ),
     ]
     for step in steps:
         result = cli(*step, cwd=tmp_path)
@@ -56,7 +96,9 @@ def test_cli_data_free_gptq_on_synthesized_images(seeded_checkpoint, tmp_path):
 def test_cli_head_that_contradicts_the_quantized_file_is_one_line(seeded_checkpoint, tmp_path):
     ckpt = str(seeded_checkpoint)
     assert cli("quantize", "--checkpoint", ckpt, "--out", "w4.pt", cwd=tmp_path).returncode == 0
-    result = cli("export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--head", "one2many", "--out", "w4.onnx", cwd=tmp_path)
+    result = cli(
+        "export", "--checkpoint", ckpt, "--quantized", "w4.pt", "--head", "one2many", "--out", "w4.onnx", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         "error: w4.pt was quantized with head one2one, so head one2many cannot be exported from it; "

@@ -50,7 +50,9 @@ def env_spec(env: str) -> tuple[str, list[str]]:
     pip = next(d["pip"] for d in dependencies if isinstance(d, dict) and "pip" in d)
     pip_pin = next(d for d in conda if d.startswith("pip="))  # e.g. pip=26.*
     python_pin = next(d for d in conda if d.startswith("python="))
-    assert python_pin == f"python={sys.version_info.major}.{sys.version_info.minor}", f"{env}: {python_pin}, venv from {sys.version}"
+    assert python_pin == f"python={sys.version_info.major}.{sys.version_info.minor}", (
+        f"{env}: {python_pin}, venv from {sys.version}"
+    )
     return "pip==" + pip_pin.split("=", 1)[1], list(pip)
 
 
@@ -129,7 +131,10 @@ def start_artifacts(out: Path) -> tuple[subprocess.Popen, Path]:
     )
     log = out / "artifacts.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "YOLO_CONFIG_DIR": str(out / ".ultralytics")}
-    process = subprocess.Popen([str(PROJECT_PYTHON), "-c", code], cwd=out, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as stream:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(
+            [str(PROJECT_PYTHON), "-c", code], cwd=out, env=env, stdout=stream, stderr=subprocess.STDOUT
+        )
     return process, log
 
 
@@ -210,7 +215,9 @@ DRIVER = textwrap.dedent(
 CONFIG = {"run_id": "env-venvs", "trust_checkpoint": False}
 
 
-def run_rule_script(venv: Path, workdir: Path, rule: str, script: str, input=None, output=None, params=None, wildcards=None):
+def run_rule_script(
+    venv: Path, workdir: Path, rule: str, script: str, input=None, output=None, params=None, wildcards=None
+):
     """Run scripts/<rule script> with the venv's Python, PYTHONPATH=<repo>/scripts, cwd workdir."""
     log = workdir / "logs" / f"{rule}-{'-'.join((wildcards or {}).values()) or 'all'}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -221,10 +228,17 @@ def run_rule_script(venv: Path, workdir: Path, rule: str, script: str, input=Non
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env["PYTHONPATH"] = str(ROOT / "scripts")
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", DRIVER, json.dumps(job)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+        [str(venv / "bin" / "python"), "-c", DRIVER, json.dumps(job)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log_text = log.read_text() if log.exists() else ""
-    assert done.returncode == 0, f"rule {rule} ({script}) failed in {venv.parent.name}:\n{done.stderr[-2000:]}\nlog:\n{log_text[-3000:]}"
+    assert done.returncode == 0, (
+        f"rule {rule} ({script}) failed in {venv.parent.name}:\n{done.stderr[-2000:]}\nlog:\n{log_text[-3000:]}"
+    )
     return log_text
 
 
@@ -234,7 +248,9 @@ def assert_no_torch(venv: Path):
 
 
 def installed(venv: Path) -> dict:
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+    )
     return {p["name"].lower(): p["version"] for p in json.loads(done.stdout)}
 
 
@@ -255,7 +271,9 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     def step(rule, **kwargs):
         started = time.perf_counter()
         log = run_rule_script(onnxruntime_venv, work, rule, rules[rule], **kwargs)
-        timings[rule + "/" + "/".join((kwargs.get("wildcards") or {}).values())] = round(time.perf_counter() - started, 1)
+        timings[rule + "/" + "/".join((kwargs.get("wildcards") or {}).values())] = round(
+            time.perf_counter() - started, 1
+        )
         return log
 
     step("probe_runtime", output={"_": str(runtime)}, params={"device": "auto", "precision": "auto"})
@@ -269,7 +287,10 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     precision = json.loads(runtime.read_text())["precision"]
     metrics = {}
     for variant, onnx in models.items():
-        metrics[variant] = {k: str(run_dir / "metrics" / f"yolov10n-seed0-{variant}{s}.json") for k, s in (("metrics", ""), ("detections", "-detections"))}
+        metrics[variant] = {
+            k: str(run_dir / "metrics" / f"yolov10n-seed0-{variant}{s}.json")
+            for k, s in (("metrics", ""), ("detections", "-detections"))
+        }
         step(
             "evaluate_coco",
             input={**subset, "onnx": str(onnx), "record": str(onnx.with_suffix(".json")), "images": str(builds["images"]), "runtime": str(runtime)},
@@ -282,8 +303,13 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     step("benchmark_latency", input={**subset, "onnx": [str(p) for p in models.values()], "images": str(builds["images"])},
          output={"_": str(latency)},
          params={"names": list(models), "device": "auto", "images_timed": 2, "rounds": 2, "imgsz": IMGSZ})  # fmt: skip
-    int4 = {"onnx": str(run_dir / "onnx" / f"yolov10n-seed0-{W4}-int4-ptq.onnx"), "record": str(run_dir / "onnx" / f"yolov10n-seed0-{W4}-int4-ptq.json")}
-    step("pack_int4", input={"onnx": str(models[W4])}, output=int4, wildcards={"model": "yolov10n-seed0", "variant": W4})
+    int4 = {
+        "onnx": str(run_dir / "onnx" / f"yolov10n-seed0-{W4}-int4-ptq.onnx"),
+        "record": str(run_dir / "onnx" / f"yolov10n-seed0-{W4}-int4-ptq.json"),
+    }
+    step(
+        "pack_int4", input={"onnx": str(models[W4])}, output=int4, wildcards={"model": "yolov10n-seed0", "variant": W4}
+    )
     picture = run_dir / "report" / "detections" / f"yolov10n-seed0-{W4}.png"
     step("draw_detections",
          input={"annotations": subset["annotations"], "fp": metrics["fp"]["detections"], "variant": metrics[W4]["detections"],
@@ -321,7 +347,9 @@ def test_onnxruntime_env_runs_its_rules(onnx_runs):
     for variant, paths in onnx_runs["metrics"].items():
         record = json.loads(Path(paths["metrics"]).read_text())
         assert record["variant"] == variant and record["images"] == MAX_IMAGES
-        assert len(record["metrics"]) == 12 and all(v is None or -1 <= v <= 1 for v in record["metrics"].values()), record["metrics"]
+        assert len(record["metrics"]) == 12 and all(v is None or -1 <= v <= 1 for v in record["metrics"].values()), (
+            record["metrics"]
+        )
         assert record["provider_used"] == "CPUExecutionProvider" and record["cuda_reason"] == probe["cuda_reason"]
         assert record["versions"]["torch"] is None
         assert isinstance(json.loads(Path(paths["detections"]).read_text()), list)
@@ -403,7 +431,7 @@ def test_report_env_runs_the_deltas_report(report_venv, onnx_runs, artifacts, tm
     assert len(table) == 2 and table[0].startswith("| fp") and W4 in table[1], markdown
     import csv
 
-    rows = list(csv.DictReader(open(outputs["csv"])))
+    rows = list(csv.DictReader(Path(outputs["csv"]).read_text().splitlines()))
     assert [r["variant"] for r in rows] == names
     assert rows[1]["int4_bytes"] and float(rows[1]["size_ratio"]) < 1
     assert rows[1]["delta_mAP50_95_ci_low"] != "" or rows[1]["mAP50_95"] == "", rows[1]

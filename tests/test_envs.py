@@ -45,7 +45,9 @@ def test_envs_are_conda_forge_first_and_pinned_like_pip():
         assert all(re.fullmatch(r"[a-z0-9_.-]+=[0-9][0-9.*]*", d) for d in conda), conda
         for line in pip:
             package, version = line.split("==")
-            package = package.split("[")[0].lower().removesuffix("-gpu")  # onnxruntime-gpu[cuda,cudnn]: same release, CUDA provider + its CUDA libraries
+            package = (
+                package.split("[")[0].lower().removesuffix("-gpu")
+            )  # onnxruntime-gpu[cuda,cudnn]: same release, CUDA provider + its CUDA libraries
             assert pins.get(package) == version, f"{env}: {line} disagrees with requirements ({pins.get(package)})"
 
 
@@ -73,9 +75,13 @@ def test_rules_in_envs_without_pytorch_import_no_pytorch():
             if env and script and not has_torch(env.group(1)):
                 scripts.append(script.group(1))
     assert "scripts/pack_int4.py" in scripts and "scripts/deltas_report.py" in scripts
-    imports = sorted({line for s in scripts for line in (ROOT / s).read_text().splitlines() if line.startswith("from yolo_w4")})
+    imports = sorted(
+        {line for s in scripts for line in (ROOT / s).read_text().splitlines() if line.startswith("from yolo_w4")}
+    )
     blocked = "import sys\nfor name in ('torch', 'brevitas', 'ultralytics'):\n    sys.modules[name] = None\n"
-    result = subprocess.run([sys.executable, "-c", blocked + "\n".join(imports)], cwd=ROOT / "scripts", capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + "\n".join(imports)], cwd=ROOT / "scripts", capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-1500:]
 
 
@@ -104,7 +110,9 @@ def test_env_pip_section_resolves_from_the_registry(env, tmp_path):
                "--report", str(report), "-r", str(requirements)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{env} does not resolve: {done.stderr[-1500:]}"
-    resolved = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    resolved = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]
+    }
     for line in env_pip_lines(env):
         package, version = line.split("==")
         assert resolved[package.split("[")[0].lower()] == version, f"{env}: {line} resolved to another version"
@@ -114,4 +122,6 @@ def test_env_pip_section_resolves_from_the_registry(env, tmp_path):
     if "torch" in resolved:
         torch_meta = next(i for i in json.loads(report.read_text())["install"] if i["metadata"]["name"] == "torch")
         needs = torch_meta["metadata"].get("requires_dist", [])
-        assert any(d.startswith("nvidia-cudnn-cu13==") for d in needs), "PyTorch's CUDA 13 build, sharing cuDNN with ONNX Runtime"
+        assert any(d.startswith("nvidia-cudnn-cu13==") for d in needs), (
+            "PyTorch's CUDA 13 build, sharing cuDNN with ONNX Runtime"
+        )

@@ -116,10 +116,15 @@ def test_pooled_curves_reproduce_pycocotools(val_subset, step):
     doubled = {
         **coco,
         "images": coco["images"] + [{**image, "id": copy_id}],
-        "annotations": coco["annotations"] + [{**a, "id": 10**9 + n, "image_id": copy_id} for n, a in enumerate(coco["annotations"]) if a["image_id"] == ids[0]],
+        "annotations": coco["annotations"]
+        + [
+            {**a, "id": 10**9 + n, "image_id": copy_id}
+            for n, a in enumerate(coco["annotations"])
+            if a["image_id"] == ids[0]
+        ],
     }
     copies = detections + [{**d, "image_id": copy_id} for d in detections if d["image_id"] == ids[0]]
-    expected = score(doubled, copies, ids + [copy_id])["mAP50_95"]
+    expected = score(doubled, copies, [*ids, copy_id])["mAP50_95"]
     assert curves.map50_95(twice) == pytest.approx(expected, abs=2e-3)
 
 
@@ -157,8 +162,16 @@ def test_not_coco_json(tmp_path):
 @pytest.mark.parametrize(
     ("images", "annotations", "message"),
     [
-        ([{"id": 1}, {"id": 2}, {"id": 1}], [], "lists image id 1 more than once (1 ids repeated); each image must appear once"),
-        ([{"id": 1}], [{"image_id": 1}, {"image_id": 7}], "has annotations for image id 7, which its images list lacks (1 such ids)"),
+        (
+            [{"id": 1}, {"id": 2}, {"id": 1}],
+            [],
+            "lists image id 1 more than once (1 ids repeated); each image must appear once",
+        ),
+        (
+            [{"id": 1}],
+            [{"image_id": 1}, {"image_id": 7}],
+            "has annotations for image id 7, which its images list lacks (1 such ids)",
+        ),
     ],
 )
 def test_annotation_file_with_repeated_or_missing_image_ids_is_refused(tmp_path, images, annotations, message):
@@ -190,7 +203,11 @@ def coco_photo_path(val_images):
     return val_images[0]
 
 
-@pytest.mark.parametrize(("checkpoint", "head", "conf"), [(FALL_V8S, "one2many", 0.25), (THUMIG, "one2one", 0.1)], ids=["yolov8s-nms", "yolov10n-nms-free"])
+@pytest.mark.parametrize(
+    ("checkpoint", "head", "conf"),
+    [(FALL_V8S, "one2many", 0.25), (THUMIG, "one2one", 0.1)],
+    ids=["yolov8s-nms", "yolov10n-nms-free"],
+)
 def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head, conf):
     """YOLO("ours.onnx").predict: the checkpoint's class names, and our evaluator's boxes within 1 px.
 

@@ -33,11 +33,9 @@ def test_temp_file_of_a_killed_job_is_swept_by_the_next_write(tmp_path):
 
 def test_disk_full_is_one_line_naming_the_path_and_leaves_nothing(tmp_path):
     target = tmp_path / "record.json"
-    with pytest.raises(UserError) as raised:
-        with atomic_path(target):
-            with open("/dev/full", "w") as full:  # the kernel's ENOSPC, for real
-                full.write("x" * 65536)
-                full.flush()
+    with pytest.raises(UserError) as raised, atomic_path(target), open("/dev/full", "w") as full:
+        full.write("x" * 65536)  # the kernel's ENOSPC, for real
+        full.flush()
     assert str(raised.value) == f"no space left on device while writing {target}; free space there and re-run"
     assert list(tmp_path.iterdir()) == []
 

@@ -21,7 +21,11 @@ def weight_types(path) -> dict:
     """{DequantizeLinear input name: element type} of the weight initializers."""
     graph = onnx.load(str(path)).graph
     initializers = {init.name: init for init in graph.initializer}
-    return {n.input[0]: initializers[n.input[0]].data_type for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
+    return {
+        n.input[0]: initializers[n.input[0]].data_type
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,11 @@ def test_packed_model_keeps_every_integer_and_gives_identical_outputs(exported, 
     assert set(weight_types(packed).values()) == {expected_type}
     # the same integers, layer by layer
     original = sorted(int(c["weights"]) for c in summary["weight_clips"])
-    arrays = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == expected_type and i.dims and len(i.dims) == 4]
+    arrays = [
+        numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == expected_type and i.dims and len(i.dims) == 4
+    ]
     assert sorted(a.size for a in arrays) == original
     assert all(a.min() >= (0 if name == "asym" else -7) and a.max() <= (15 if name == "asym" else 7) for a in arrays)
     reference, test = ort_output(qcdq, coco_photo[0]), ort_output(packed, coco_photo[0])
@@ -80,12 +88,14 @@ def test_8bit_layers_stay_int8(exported, tmp_path, coco_photo):
 def test_fp_model_is_refused_and_nothing_is_written(detector, tmp_path):
     fp = tmp_path / "fp.onnx"
     export_fp(detector.model, fp)
-    with pytest.raises(UserError, match="has no quantized weights .* pack the QCDQ export of a quantized variant"):
+    with pytest.raises(UserError, match=r"has no quantized weights .* pack the QCDQ export of a quantized variant"):
         pack_int4(fp, tmp_path / "fp-int4.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp.onnx"]
 
 
-@pytest.mark.parametrize(("content", "message"), [(None, "ONNX file not found: "), (b"not a model", "is not an ONNX model")])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "ONNX file not found: "), (b"not a model", "is not an ONNX model")]
+)
 def test_missing_or_broken_file_is_one_clear_error(tmp_path, content, message):
     source = tmp_path / "w4.onnx"
     if content is not None:

@@ -1,6 +1,5 @@
 """Calibrated PTQ on the trained YOLOv5n: each method lowers the error it claims to."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,7 +53,9 @@ def test_gptq_lowers_the_layer_output_error_not_the_weight_error(proxy, calibrat
     rtn = torch.clamp(torch.round(W / scale.unsqueeze(-1)), qmin, qmax) * scale.unsqueeze(-1)
     ours = gptq(W, stats.hessian, scale, qmin, qmax)
     grid = ours / scale.unsqueeze(-1)
-    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, "GPTQ stays on the 4-bit grid"
+    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, (
+        "GPTQ stays on the 4-bit grid"
+    )
     assert (ours != rtn).float().mean() > 0.05, "GPTQ really changed the rounding"
     H = stats.hessian[0].float()
 
@@ -180,7 +181,17 @@ def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
 
     def mean_shift(model):
         with torch.no_grad():
-            return torch.stack([(conv_layers(model)[name](x) - conv_layers(proxy.model)[name](x)).mean((0, 2, 3)) for x in captured]).mean(0).abs().sum()
+            return (
+                torch.stack(
+                    [
+                        (conv_layers(model)[name](x) - conv_layers(proxy.model)[name](x)).mean((0, 2, 3))
+                        for x in captured
+                    ]
+                )
+                .mean(0)
+                .abs()
+                .sum()
+            )
 
     assert mean_shift(corrected) < 0.5 * mean_shift(rtn)
 
@@ -208,7 +219,9 @@ def test_upstream_compensation_beats_plain_gptq_on_held_out_images(proxy, calibr
     plain = quantize_weights(proxy.model, {"scale": "mse"})
     calibrate(proxy.model, plain, calibration, "gptq", False, bits_of(proxy.model))
     compensated = quantize_weights(proxy.model, {"scale": "mse"})
-    records = calibrate(proxy.model, compensated, calibration, "gptq", False, bits_of(proxy.model), compensate_upstream=True)
+    records = calibrate(
+        proxy.model, compensated, calibration, "gptq", False, bits_of(proxy.model), compensate_upstream=True
+    )
     assert set(records) == set(quantizable_layers(proxy.model))
     plain_db, ours_db = output_sqnr(proxy.model, plain, held_out), output_sqnr(proxy.model, compensated, held_out)
     assert ours_db > plain_db + 0.5, (plain_db, ours_db)
@@ -218,14 +231,20 @@ def test_adaround_learns_a_rounding_that_lowers_each_stages_error(proxy, calibra
     from yolo_w4.reconstruct import reconstruct
 
     model = quantize_weights(proxy.model, {})
-    rtn = {name: conv.quant_weight().value.detach() for name, conv in conv_layers(model).items() if name.startswith("model.2.")}
+    rtn = {
+        name: conv.quant_weight().value.detach()
+        for name, conv in conv_layers(model).items()
+        if name.startswith("model.2.")
+    }
     records = reconstruct(proxy.model, model, calibration[:4], bits_of(proxy.model), iterations=40, stages=[2])
     assert set(records) == set(rtn)
     record = records["model.2.cv1.conv"]
     assert record["stage_error"] < 0.8 * record["stage_error_rtn"], record
-    for name, before in rtn.items():
+    for name in rtn:
         conv = conv_layers(model)[name]
         grid = conv.weight.detach() / conv.quant_weight().scale.detach()
-        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, "AdaRound stays on the grid"
+        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, (
+            "AdaRound stays on the grid"
+        )
     changed = sum(records[name]["weights_changed"] for name in rtn)
     assert changed > 0.02 * sum(before.numel() for before in rtn.values()), "some weights round the other way"

@@ -18,7 +18,9 @@ def test_ptq_cost_benchmark_writes_a_row_per_method(tmp_path):
     device = resolve_torch_device("auto")  # the default --device
     assert record["device"] == device and all(row["device"] == device for row in rows)
     ptq, synthesis = rows[:2], rows[2]
-    assert all(row["convs"] > 50 and row["seconds"] > 0 and row["seconds_128_images_bound"] >= row["seconds"] for row in ptq)
+    assert all(
+        row["convs"] > 50 and row["seconds"] > 0 and row["seconds_128_images_bound"] >= row["seconds"] for row in ptq
+    )
     assert synthesis["steps"] == 2 and synthesis["seconds_200_steps"] >= 90 * synthesis["seconds"] > 0
 
 

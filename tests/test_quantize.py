@@ -28,7 +28,7 @@ def test_every_conv_but_dfl_gets_4_bit_per_channel_weights(detector):
         assert not module.input_quant.is_quant_enabled, f"{name}: activations must stay float"
         assert not module.bias_quant.is_quant_enabled, f"{name}: biases must stay float"
         ints = integer_weights(module)
-        assert -7 <= ints.min() and ints.max() <= 7
+        assert ints.min() >= -7 and ints.max() <= 7
         scale = module.quant_weight().scale
         assert scale.numel() == module.out_channels, f"{name}: one scale per output channel"
 

@@ -21,7 +21,9 @@ needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="this onnxruntime has a C
 def test_auto_without_cuda_records_cpu_and_the_reason():
     probe = probe_providers("auto")
     assert probe["provider_used"] == CPU
-    assert probe["cuda_reason"] == f"onnxruntime {onnxruntime.__version__} has no CUDA provider (install onnxruntime-gpu)"
+    assert (
+        probe["cuda_reason"] == f"onnxruntime {onnxruntime.__version__} has no CUDA provider (install onnxruntime-gpu)"
+    )
     assert probe["preload_dlls"] is None, "preload_dlls is only called where a CUDA provider exists"
     assert resolve_precision("auto", "auto") == "fp32"
 

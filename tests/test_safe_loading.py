@@ -133,8 +133,11 @@ def _same_output(path):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("path", _shared_models() or [pytest.param(None, marks=pytest.mark.skip("no ../shared/data"))],
-                         ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize(
+    "path",
+    _shared_models() or [pytest.param(None, marks=pytest.mark.skip("no ../shared/data"))],
+    ids=lambda p: getattr(p, "name", "none"),
+)
 def test_shared_checkpoints_load_identically_without_trust(path):
     _same_output(path)
 
@@ -149,8 +152,16 @@ def test_allowlist_holds_only_classes():
     """No function or builtin is allowed: only classes (modules, losses, containers, value types)."""
     allowed = checkpoint.allowed_globals()
     assert all(isinstance(obj, type) or name.endswith((".scalar", "._reconstruct")) for name, obj in allowed.items())
-    for name in ("posix.system", "builtins.eval", "builtins.exec", "builtins.getattr", "subprocess.Popen",
-                 "importlib.import_module", "torch.load", "builtins.__import__"):
+    for name in (
+        "posix.system",
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.getattr",
+        "subprocess.Popen",
+        "importlib.import_module",
+        "torch.load",
+        "builtins.__import__",
+    ):
         assert name not in allowed
 
 
@@ -171,6 +182,8 @@ def test_a_job_unpickles_its_checkpoint_once(seeded_checkpoint, tmp_path, monkey
 
     monkeypatch.setattr(checkpoint, "unpickle_checkpoint", counted)
     monkeypatch.setattr(steps, "unpickle_checkpoint", counted)
-    record = steps.quantize_step(seeded_checkpoint, tmp_path / "bn.pt", "w4a16_bn", {"bias_correction": "bn"}, imgsz=320, device="cpu")
+    record = steps.quantize_step(
+        seeded_checkpoint, tmp_path / "bn.pt", "w4a16_bn", {"bias_correction": "bn"}, imgsz=320, device="cpu"
+    )
     assert len(loads) == 1, loads
     assert record["calibration"] and any("bn_bias_shift_max" in r for r in record["calibration"].values())

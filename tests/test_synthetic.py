@@ -54,7 +54,7 @@ def test_synthetic_source_needs_a_calibrated_method_batchnorm_and_a_synthetic_fi
         check_variant("w4", {"method": "rtn", "calibration_source": "synthetic"})
     assert "\n" not in str(error.value)
     check_variant("w4", {"method": "gptq", "calibration_source": "synthetic"})
-    with pytest.raises(UserError, match="no BatchNorm layers .* calibration_source: images"):
+    with pytest.raises(UserError, match=r"no BatchNorm layers .* calibration_source: images"):
         synthesize_images(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), count=1, imgsz=32, steps=1)
     wrong = tmp_path / "wrong.pt"
     torch.save({"images": torch.zeros(1, 3, 32, 32, dtype=torch.uint8)}, wrong)

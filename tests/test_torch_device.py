@@ -33,7 +33,9 @@ class FactoriesWithoutDevice(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in FACTORIES and kwargs.get("device") is None:
-            caller = traceback.extract_stack(limit=2)[0]  # the line that called the factory (libraries' own calls aside)
+            caller = traceback.extract_stack(limit=2)[
+                0
+            ]  # the line that called the factory (libraries' own calls aside)
             if "/yolo_w4/" in caller.filename.replace("\\", "/"):
                 self.calls[f"{caller.filename.rsplit('/', 1)[-1]}:{caller.lineno}: {caller.line}"] += 1
         return func(*args, **kwargs)

@@ -50,7 +50,12 @@ def run(tmp_path_factory):
     run_id = "pytest-workflow"
     shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
     photo = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
-    calibrated = {"method": "gptq", "scale": "output", "bias_correction": "empirical", "mixed": {"min_4bit_fraction": 0.9}}
+    calibrated = {
+        "method": "gptq",
+        "scale": "output",
+        "bias_correction": "empirical",
+        "mixed": {"min_4bit_fraction": 0.9},
+    }
     config = small_config(
         run_id,
         smoke={"image": str(photo), "runs": 3, "warmup": 1},
@@ -84,12 +89,16 @@ def test_run_writes_every_artifact(run):
     assert (results / "onnx" / f"{model}-fp.onnx").is_file()
     runtime = json.loads((results / "runtime" / "onnxruntime.json").read_text())
     fp = json.loads((results / "onnx" / f"{model}-fp.json").read_text())
-    assert fp["precision"] == runtime["precision"], "the FP export follows the probe made in the env that runs the models"
+    assert fp["precision"] == runtime["precision"], (
+        "the FP export follows the probe made in the env that runs the models"
+    )
     if "CUDAExecutionProvider" not in runtime["providers_compiled_in"]:
         assert runtime["provider_used"] == "CPUExecutionProvider" and runtime["precision"] == "fp32"
         assert runtime["cuda_reason"].endswith("has no CUDA provider (install onnxruntime-gpu)")
     packed = sorted(p.name for p in (results / "onnx").glob("*-int4-ptq.onnx"))
-    assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_mixed")], "8-bit variants have nothing to pack"
+    assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_mixed")], (
+        "8-bit variants have nothing to pack"
+    )
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [
         f"{model}-fp.json",
         f"{model}-w4a16.json",
@@ -146,7 +155,9 @@ def test_second_run_has_nothing_to_do(run):
 
 
 def test_lint_is_clean():
-    result = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
 
@@ -159,7 +170,10 @@ def test_lint_is_clean():
         ({"device": "gpu"}, "error: invalid config at device: 'gpu' is not one of"),
         ({"variants": {"w3": {"weight_bits": 1}}}, "error: invalid config at variants.w3.weight_bits: 1 is less than"),
         ({"variants": {"fp": {}}}, "error: invalid config at variants: the name fp is reserved for the FP baseline"),
-        ({"checkpoint": "models/yolo{v10}m.pt"}, "error: checkpoint: models/yolo{v10}m.pt contains { or }, which Snakemake reads"),
+        (
+            {"checkpoint": "models/yolo{v10}m.pt"},
+            "error: checkpoint: models/yolo{v10}m.pt contains { or }, which Snakemake reads",
+        ),
         (
             {"variants": {"w4": {"method": "adaround", "bias_correction": "empirical"}}},
             "error: invalid config at variants.w4: method adaround cannot be combined with bias_correction: empirical",
@@ -176,7 +190,7 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, override, messa
 
 
 def test_metrics_json_for_fp_and_every_variant(run):
-    results, config, _ = run
+    results, _, _ = run
     ids = (results / "coco" / "image_ids.txt").read_text().split()
     assert len(ids) == 4 and ids == sorted(ids, key=int)
     for variant in ("fp", "w4a16", "w8a16"):
@@ -197,9 +211,11 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     import csv
 
     results, config, config_dir = run
-    rows = list(csv.DictReader(open(results / "report" / "deltas.csv")))
+    rows = list(csv.DictReader((results / "report" / "deltas.csv").open()))
     assert rows[0]["variant"] == "fp"
-    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_bn", "w4a16_mixed", "w8a16"], "config-added variants are new rows"
+    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_bn", "w4a16_mixed", "w8a16"], (
+        "config-added variants are new rows"
+    )
     fp, w4 = rows[0], next(row for row in rows if row["variant"] == "w4a16")
     assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
     assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
@@ -216,7 +232,10 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
 
     for source in ("metrics/fp", "metrics/w4a16", "detections/w4a16", "export/w4a16", "int4/w4a16", "latency"):
         assert deltas["inputs"][source]["sha256"] == sha256(ROOT / deltas["inputs"][source]["path"]), source
-    assert deltas["image_ids_sha256"] == json.loads((results / "metrics" / "yolov10n-seed0-fp.json").read_text())["image_ids_sha256"]
+    assert (
+        deltas["image_ids_sha256"]
+        == json.loads((results / "metrics" / "yolov10n-seed0-fp.json").read_text())["image_ids_sha256"]
+    )
     commit = deltas["versions"]["yolo_w4_commit"]
     assert commit == "not a git checkout" or len(commit.removesuffix("+dirty")) == 40
     page = (results / "report" / "deltas.html").read_text()
@@ -250,7 +269,11 @@ def test_bad_coco_input_is_one_line_and_leaves_no_metrics(tmp_path, coco, messag
     partial.mkdir()
     first = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
     (partial / first.name).symlink_to(first)
-    aliases = {"IDS_UNKNOWN": str(tmp_path / "unknown.txt"), "IDS_EMPTY": str(tmp_path / "empty.txt"), "IMAGES_PARTIAL": str(partial)}
+    aliases = {
+        "IDS_UNKNOWN": str(tmp_path / "unknown.txt"),
+        "IDS_EMPTY": str(tmp_path / "empty.txt"),
+        "IMAGES_PARTIAL": str(partial),
+    }
     coco = {key: aliases.get(value, value) for key, value in coco.items()}
     run_id = "pytest-bad-coco"
     config = small_config(run_id)
@@ -272,7 +295,7 @@ def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(ru
     import torch
 
     results, _, _ = run
-    ranking = list(csv.DictReader(open(results / "sensitivity" / "yolov10n-seed0.csv")))
+    ranking = list(csv.DictReader((results / "sensitivity" / "yolov10n-seed0.csv").read_text().splitlines()))
     assert ranking and ranking[0]["rank"] == "1" and "model.23.dfl.conv" not in {r["layer"] for r in ranking}
     calibration_ids = (results / "calibration" / "image_ids.txt").read_text().split()
     eval_ids = (results / "coco" / "image_ids.txt").read_text().split()
@@ -312,10 +335,14 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
     assert (results / "calibration" / "yolov10n-seed0-synthetic.png").stat().st_size > 1000
     saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16-ptq.pt", weights_only=True)
     assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_images"] == 2
-    assert saved["settings"]["ptq_seconds"] >= saved["settings"]["synthesis_seconds"] == synthetic["settings"]["seconds"]
+    assert (
+        saved["settings"]["ptq_seconds"] >= saved["settings"]["synthesis_seconds"] == synthetic["settings"]["seconds"]
+    )
     from yolo_w4.provenance import sha256
 
-    assert saved["settings"]["synthetic_images_sha256"] == sha256(results / "calibration" / "yolov10n-seed0-synthetic.pt")
+    assert saved["settings"]["synthetic_images_sha256"] == sha256(
+        results / "calibration" / "yolov10n-seed0-synthetic.pt"
+    )
     assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
     metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16.json").read_text())
     assert "synthetic images" in metrics["settings"]

@@ -39,7 +39,12 @@ class PooledCurves:
                 continue
             order = np.argsort(-np.concatenate(scores), kind="mergesort")
             self.categories.append(
-                (np.concatenate(image)[order], np.concatenate(tp, 1)[:, order], np.concatenate(fp, 1)[:, order], gt_count)
+                (
+                    np.concatenate(image)[order],
+                    np.concatenate(tp, 1)[:, order],
+                    np.concatenate(fp, 1)[:, order],
+                    gt_count,
+                )
             )
 
     def map50_95(self, weights: np.ndarray | None = None) -> float:

@@ -33,9 +33,11 @@ def select_calibration(annotations, images_dir, max_images: int, id_list=None, e
         raise UserError(f"calibration image not found: {missing[0]} (check `calibration.images`)")
     return ids
 
+
 def write_calibration_ids(path, ids) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{i}\n" for i in ids))
+
 
 def calibration_tensors(annotations, images_dir, ids_file, imgsz: int = 640, limit: int | None = None) -> list:
     """The calibration images, letterboxed like evaluation images, as (1, 3, imgsz, imgsz) tensors."""

@@ -68,8 +68,16 @@ TRUST_HINT = (
 )
 # Plain values a checkpoint may hold besides modules and tensors (torch's weights_only unpickler
 # already allows dict/list/tuple/set, OrderedDict, str/bytes/int/float/bool/None and tensor rebuilds).
-_PLAIN_VALUES = ("datetime.datetime", "datetime.date", "datetime.timedelta", "datetime.timezone",
-                 "pathlib.PosixPath", "pathlib.PurePosixPath", "pathlib.WindowsPath", "pathlib.PureWindowsPath")
+_PLAIN_VALUES = (
+    "datetime.datetime",
+    "datetime.date",
+    "datetime.timedelta",
+    "datetime.timezone",
+    "pathlib.PosixPath",
+    "pathlib.PurePosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PureWindowsPath",
+)
 # numpy scalars/arrays (e.g. a trainer's numpy.float64 fitness), under numpy 1.x and 2.x module names.
 _NUMPY_VALUES = ("scalar", "_reconstruct")
 
@@ -132,13 +140,20 @@ def allowed_globals() -> dict:
     allowed["numpy.dtype"] = np.dtype
     allowed["numpy.ndarray"] = np.ndarray
     dtypes = getattr(np, "dtypes", None)
-    allowed.update({f"numpy.dtypes.{name}": cls for name, cls in vars(dtypes or object).items()
-                    if isinstance(cls, type) and issubclass(cls, np.dtype)})
+    allowed.update(
+        {
+            f"numpy.dtypes.{name}": cls
+            for name, cls in vars(dtypes or object).items()
+            if isinstance(cls, type) and issubclass(cls, np.dtype)
+        }
+    )
     for old, new in _LEGACY_ATTRIBUTES.items():
         module, _, attribute = new.rpartition(".")
         allowed[old] = getattr(importlib.import_module(module), attribute)
     for old, new in _LEGACY_MODULES.items():
-        allowed.update({old + name[len(new):]: obj for name, obj in list(allowed.items()) if name.startswith(new + ".")})
+        allowed.update(
+            {old + name[len(new) :]: obj for name, obj in list(allowed.items()) if name.startswith(new + ".")}
+        )
     allowed.update(yolov5_classes())
     _ALLOWED = allowed
     return allowed
@@ -278,7 +293,9 @@ def prepare_export(model: torch.nn.Module, imgsz: int, max_det: int = MAX_DET) -
     return model
 
 
-def load_detector(path, head: str = "one2one", imgsz: int = 640, trust: bool = False, ckpt: dict | None = None) -> Detector:
+def load_detector(
+    path, head: str = "one2one", imgsz: int = 640, trust: bool = False, ckpt: dict | None = None
+) -> Detector:
     """Load, select the head, fuse Conv+BN in FP32, and set export mode.
 
     `one2one` is YOLOv10's NMS-free head: export output (1, 300, 6) = x1, y1, x2, y2, score,

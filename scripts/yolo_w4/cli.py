@@ -1,12 +1,12 @@
 """`python -m yolo_w4 …`: the workflow's steps, outside Snakemake.
 
-    python -m yolo_w4 seed --out yolov10n-seed0.pt
-    python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --bits 4
-    python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
-    python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --method gptq --scale mse --synthetic synthetic.pt
-    python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
-    python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
-    python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
+python -m yolo_w4 seed --out yolov10n-seed0.pt
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --bits 4
+python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --method gptq --scale mse --synthetic synthetic.pt
+python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
+python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
+python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
 """
 
 import argparse
@@ -19,11 +19,14 @@ from yolo_w4.errors import UserError
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="Ultralytics detection checkpoint (.pt)")
     parser.add_argument(
-        "--trust-checkpoint", action="store_true",
+        "--trust-checkpoint",
+        action="store_true",
         help="unpickle without the allowlist (only for a file you trust: it may run code it holds)",
     )
     parser.add_argument(
-        "--head", choices=("one2one", "one2many"), default=None,
+        "--head",
+        choices=("one2one", "one2many"),
+        default=None,
         help="one2one (default) or one2many; with --quantized the quantized file's head, which this must not contradict",
     )
     parser.add_argument("--imgsz", type=int, default=640)
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=0)
     seed.add_argument("--out", required=True)
 
-    synthesize = commands.add_parser("synthesize", help="checkpoint -> data-free calibration images (BatchNorm statistics)")
+    synthesize = commands.add_parser(
+        "synthesize", help="checkpoint -> data-free calibration images (BatchNorm statistics)"
+    )
     _common(synthesize)
     synthesize.add_argument("--images", type=int, default=8)
     synthesize.add_argument("--steps", type=int, default=200, help="optimiser steps per batch of 8 images")
@@ -50,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(quantize)
     quantize.add_argument("--variant", default="w4a16")
     quantize.add_argument("--bits", type=int, default=4)
-    quantize.add_argument("--method", choices=("rtn", "gptq"), default="rtn", help="gptq needs --synthetic (real images: use the workflow)")
+    quantize.add_argument(
+        "--method",
+        choices=("rtn", "gptq"),
+        default="rtn",
+        help="gptq needs --synthetic (real images: use the workflow)",
+    )
     quantize.add_argument("--synthetic", help="calibration images from `synthesize` (for --method gptq)")
-    quantize.add_argument("--scale", choices=("minmax", "mse"), default="minmax", help="calibrated scales: use the workflow")
+    quantize.add_argument(
+        "--scale", choices=("minmax", "mse"), default="minmax", help="calibrated scales: use the workflow"
+    )
     quantize.add_argument("--asymmetric", action="store_true")
     quantize.add_argument("--full-range", action="store_true", help="use -8..7 instead of -7..7 at 4 bits")
     quantize.add_argument("--keep-float", action="append", default=[], metavar="GLOB")
@@ -89,7 +101,14 @@ def run(args: argparse.Namespace) -> None:
         steps.seeded_step(args.out, args.arch, args.seed)
     elif args.command == "synthesize":
         steps.synthesize_step(
-            args.checkpoint, args.out, None, args.images, args.imgsz, args.steps, seed=args.seed, device=args.device,
+            args.checkpoint,
+            args.out,
+            None,
+            args.images,
+            args.imgsz,
+            args.steps,
+            seed=args.seed,
+            device=args.device,
             trust=args.trust_checkpoint,
         )
     elif args.command == "quantize":
@@ -108,13 +127,26 @@ def run(args: argparse.Namespace) -> None:
         if args.method == "gptq":
             settings["calibration_source"] = "synthetic"
         steps.quantize_step(
-            args.checkpoint, args.out, args.variant, settings, args.head or "one2one", args.imgsz, synthetic=args.synthetic,
+            args.checkpoint,
+            args.out,
+            args.variant,
+            settings,
+            args.head or "one2one",
+            args.imgsz,
+            synthetic=args.synthetic,
             trust=args.trust_checkpoint,
         )
     elif args.command == "export":
         record = Path(args.out).with_suffix(".json")
         steps.export_step(
-            args.checkpoint, args.out, record, args.quantized, args.precision, _head(args), args.imgsz, config,
+            args.checkpoint,
+            args.out,
+            record,
+            args.quantized,
+            args.precision,
+            _head(args),
+            args.imgsz,
+            config,
             trust=args.trust_checkpoint,
         )
     elif args.command == "pack":
@@ -128,8 +160,21 @@ def run(args: argparse.Namespace) -> None:
 
             variant = read_record(args.quantized)["variant"]
         steps.smoke_step(
-            args.onnx, args.checkpoint, args.out, variant, args.quantized, args.image, args.device,
-            args.precision, args.runs, 3, 0.25, _head(args), args.imgsz, config, trust=args.trust_checkpoint,
+            args.onnx,
+            args.checkpoint,
+            args.out,
+            variant,
+            args.quantized,
+            args.image,
+            args.device,
+            args.precision,
+            args.runs,
+            3,
+            0.25,
+            _head(args),
+            args.imgsz,
+            config,
+            trust=args.trust_checkpoint,
         )
 
 

@@ -23,17 +23,23 @@ def load_coco(path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not JSON ({type(error).__name__}: {error}); point `coco.annotations` at instances_*.json") from error
+        raise UserError(
+            f"{path} is not JSON ({type(error).__name__}: {error}); point `coco.annotations` at instances_*.json"
+        ) from error
     missing = [key for key in COCO_KEYS if not isinstance(data, dict) or not isinstance(data.get(key), list)]
     if missing:
         raise UserError(f"{path} is not a COCO detection annotation file (no {', '.join(missing)} list)")
     ids = [image.get("id") for image in data["images"]]
     repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if repeated:
-        raise UserError(f"{path} lists image id {repeated[0]} more than once ({len(repeated)} ids repeated); each image must appear once")
+        raise UserError(
+            f"{path} lists image id {repeated[0]} more than once ({len(repeated)} ids repeated); each image must appear once"
+        )
     orphans = sorted({a.get("image_id") for a in data["annotations"]} - set(ids), key=str)
     if orphans:
-        raise UserError(f"{path} has annotations for image id {orphans[0]}, which its images list lacks ({len(orphans)} such ids)")
+        raise UserError(
+            f"{path} has annotations for image id {orphans[0]}, which its images list lacks ({len(orphans)} such ids)"
+        )
     return data
 
 

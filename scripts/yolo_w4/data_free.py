@@ -29,21 +29,27 @@ def input_means(unfused_model, imgsz: int = 640) -> dict:
     produced, concats, inputs, keep = {}, {}, {}, []
     names = {module: name for name, module in unfused_model.named_modules()}
     handles = []
-    for name, module in unfused_model.named_modules():
+    for module in unfused_model.modules():
         if isinstance(module, Conv) and hasattr(module, "bn"):
+
             def conv_hook(m, args, output):
                 keep.append(output)
                 produced[id(output)] = expected_activation(m.bn.bias, m.bn.weight, m.act)
+
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, Concat):
+
             def concat_hook(m, args, output):
                 keep.extend([output, *args[0]])  # alive until the end: ids must stay unique
                 concats[id(output)] = [id(t) for t in args[0]]
+
             handles.append(module.register_forward_hook(concat_hook))
         elif isinstance(module, torch.nn.Conv2d):
+
             def input_hook(m, args):
                 keep.append(args[0])
                 inputs[names[m]] = id(args[0])
+
             handles.append(module.register_forward_pre_hook(input_hook))
     try:
         with torch.no_grad():

@@ -27,7 +27,9 @@ def describe_settings(settings: dict | None) -> str:
     parts.append(grid)
     if settings.get("mixed"):
         mixed = settings["mixed"]
-        parts.append(f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}")
+        parts.append(
+            f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}"
+        )
     if settings.get("keep_float"):
         parts.append(f"float: {', '.join(settings['keep_float'])}")
     return ", ".join(parts)
@@ -88,11 +90,21 @@ def _fmt(value, digits=3, suffix=""):
 SUMMARY_COLUMNS = (
     ("model", lambda r: r["variant"]),
     ("settings", lambda r: r["settings"] or ""),
-    ("weights ≤ 4 bit", lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%"),
+    (
+        "weights ≤ 4 bit",
+        lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%",
+    ),
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     ("mAP50", lambda r: _fmt(r["mAP50"])),
     ("Δ mAP50-95", lambda r: _fmt(r["delta_mAP50_95"], 4) if r["variant"] != FP else "—"),
-    ("95% CI of Δ", lambda r: f"[{_fmt(r['delta_mAP50_95_ci_low'], 4)}, {_fmt(r['delta_mAP50_95_ci_high'], 4)}]" if r["variant"] != FP else "—"),
+    (
+        "95% CI of Δ",
+        lambda r: (
+            f"[{_fmt(r['delta_mAP50_95_ci_low'], 4)}, {_fmt(r['delta_mAP50_95_ci_high'], 4)}]"
+            if r["variant"] != FP
+            else "—"
+        ),
+    ),
     ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),
     ("INT4 MB", lambda r: _fmt(r["int4_bytes"] / 1e6, 2) if r["int4_bytes"] else "—"),
@@ -108,7 +120,14 @@ SUMMARY_COLUMNS = (
 COMPACT_COLUMNS = (
     ("model", lambda r: r["variant"]),
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
-    ("Δ [95% CI]", lambda r: f"{_fmt(r['delta_mAP50_95'], 3)} [{_fmt(r['delta_mAP50_95_ci_low'], 3)}, {_fmt(r['delta_mAP50_95_ci_high'], 3)}]" if r["variant"] != FP else "—"),
+    (
+        "Δ [95% CI]",
+        lambda r: (
+            f"{_fmt(r['delta_mAP50_95'], 3)} [{_fmt(r['delta_mAP50_95_ci_low'], 3)}, {_fmt(r['delta_mAP50_95_ci_high'], 3)}]"
+            if r["variant"] != FP
+            else "—"
+        ),
+    ),
     ("% of FP", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     ("size", lambda r: _fmt(r["size_ratio"], 2, "×")),
     ("latency", lambda r: _fmt(r["latency_ratio"], 2, "×")),

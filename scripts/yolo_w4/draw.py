@@ -10,7 +10,7 @@ from yolo_w4.preprocess import read_image
 def _draw(image: np.ndarray, results: list[dict], names: dict, color, title: str) -> np.ndarray:
     canvas = image.copy()
     for det in results:
-        x, y, w, h = (int(round(v)) for v in det["bbox"])
+        x, y, w, h = (round(v) for v in det["bbox"])
         cv2.rectangle(canvas, (x, y), (x + w, y + h), color, 2)
         label = f"{names.get(det['category_id'], det['category_id'])} {det['score']:.2f}"
         cv2.putText(canvas, label, (x, max(y - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
@@ -19,7 +19,9 @@ def _draw(image: np.ndarray, results: list[dict], names: dict, color, title: str
     return canvas
 
 
-def draw_side_by_side(image_path, image_id: int, fp: list[dict], quantized: list[dict], variant: str, names: dict, out, conf=0.25) -> int:
+def draw_side_by_side(
+    image_path, image_id: int, fp: list[dict], quantized: list[dict], variant: str, names: dict, out, conf=0.25
+) -> int:
     """Write the PNG; return how many boxes were drawn in all."""
     image = read_image(image_path)
     left = [d for d in fp if d["image_id"] == image_id and d["score"] >= conf]

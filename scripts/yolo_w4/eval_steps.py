@@ -106,10 +106,16 @@ def evaluate_step(
         "conf": conf,
         "iou": iou if head == "one2many" else None,
         "max_det": max_det,
-        "nms": ("class-aware, multi-label" if multi_label else "class-aware, best class") if head == "one2many" else "none (one-to-one head)",
+        "nms": ("class-aware, multi-label" if multi_label else "class-aware, best class")
+        if head == "one2many"
+        else "none (one-to-one head)",
         **providers,
         "precision": precision,
-        "latency_ms": {**latency_stats(latencies), "per_image": [round(t, 3) for t in latencies], "excludes": "preprocessing and decoding"},
+        "latency_ms": {
+            **latency_stats(latencies),
+            "per_image": [round(t, 3) for t in latencies],
+            "excludes": "preprocessing and decoding",
+        },
         "weights_4bit_fraction": exported.get("weights_4bit_fraction"),
         "weight_bits": (exported.get("settings") or {}).get("weight_bits"),
         "settings": describe_settings(exported.get("settings")),
@@ -127,7 +133,9 @@ def evaluate_step(
     return record
 
 
-def latency_step(models: dict, ids_file, annotations, images, output, device="auto", count=5, rounds=10, imgsz=640, config=None) -> dict:
+def latency_step(
+    models: dict, ids_file, annotations, images, output, device="auto", count=5, rounds=10, imgsz=640, config=None
+) -> dict:
     """Interleaved latency of every ONNX model on the first `count` subset images."""
     from yolo_w4.coco_subset import image_paths, load_coco, read_ids
     from yolo_w4.latency import interleaved_latency
@@ -138,12 +146,22 @@ def latency_step(models: dict, ids_file, annotations, images, output, device="au
     result.update({"inputs": input_record(models), "config": config, "versions": versions(), "created": utc_now()})
     write_json(output, result)
     for name, timing in result["models"].items():
-        print(f"{name}: median {timing['median_ms']} ms ({timing['ratio_to_baseline']}x FP) on {timing['provider_used']}")
+        print(
+            f"{name}: median {timing['median_ms']} ms ({timing['ratio_to_baseline']}x FP) on {timing['provider_used']}"
+        )
     return result
 
 
 def report_step(
-    metrics: dict, detections: dict, exports: dict, latency, annotations, outputs: dict, resamples=1000, seed=0, config=None,
+    metrics: dict,
+    detections: dict,
+    exports: dict,
+    latency,
+    annotations,
+    outputs: dict,
+    resamples=1000,
+    seed=0,
+    config=None,
     packed=None,
 ) -> list[dict]:
     """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots.
@@ -171,14 +189,14 @@ def report_step(
     ids = metrics[FP]["image_ids_sha256"]
     for name, record in metrics.items():
         if record["image_ids_sha256"] != ids:
-            raise UserError(f"{name} was scored on other images than fp (image_ids sha256 differs); re-run the workflow")
+            raise UserError(
+                f"{name} was scored on other images than fp (image_ids sha256 differs); re-run the workflow"
+            )
     gt = coco_ground_truth(load_coco(annotations))
     image_ids = sorted(gt.getImgIds())
     evaluators = {name: coco_eval(gt, _load_json(path), image_ids) for name, path in detections.items()}
     intervals = {
-        name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed)
-        for name in metrics
-        if name != FP
+        name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
     }
     rows = delta_rows(metrics, intervals, exports, latency, packed)
     notes = report_notes(metrics, latency, resamples)
@@ -213,9 +231,7 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
             "the file holds); only do this for a file you trust."
         )
     if any(record.get("random_weights") for record in metrics.values()):
-        notes.append(
-            f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy."
-        )
+        notes.append(f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy.")
     notes.append(
         f"COCO subset of {base['images']} images (image_ids sha256 {base['image_ids_sha256'][:12]}…), "
         f"head {base['head']}, conf {base['conf']}" + (f", NMS IoU {base['iou']}" if base["iou"] else "") + "."
@@ -233,12 +249,20 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
     timed = {m.get("provider_used") for m in latency["models"].values()}
     if len(scored) == 1 and timed == {p for p, _ in scored}:
         provider, precision = next(iter(scored))
-        notes.append(f"Every model was scored and timed with ONNX Runtime {str(provider).removesuffix('ExecutionProvider')}, {precision}.")
+        notes.append(
+            f"Every model was scored and timed with ONNX Runtime {str(provider).removesuffix('ExecutionProvider')}, {precision}."
+        )
     if len(scored) > 1 or len(timed | {p for p, _ in scored}) > 1:
-        used = ", ".join(f"{name}: {r.get('provider_used', '?').removesuffix('ExecutionProvider')} {r.get('precision')}"
-                         for name, r in metrics.items())
-        notes.append(f"Not comparable like for like: models were scored or timed on different providers or precisions ({used}).")
-    reasons = {r.get("cuda_reason") for r in metrics.values() if r.get("cuda_reason") and r.get("cuda_reason") != "device: cpu"}
+        used = ", ".join(
+            f"{name}: {r.get('provider_used', '?').removesuffix('ExecutionProvider')} {r.get('precision')}"
+            for name, r in metrics.items()
+        )
+        notes.append(
+            f"Not comparable like for like: models were scored or timed on different providers or precisions ({used})."
+        )
+    reasons = {
+        r.get("cuda_reason") for r in metrics.values() if r.get("cuda_reason") and r.get("cuda_reason") != "device: cpu"
+    }
     if reasons:
         notes.append(f"CUDA was asked for (device: auto) but not used: {'; '.join(sorted(reasons))}.")
     return notes
@@ -258,7 +282,14 @@ def draw_step(image_dir, annotations, fp_detections, detections, variant, output
     image = next(i for i in coco["images"] if i["id"] == image_id)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     return draw_side_by_side(
-        Path(image_dir) / image["file_name"], image_id, _load_json(fp_detections), _load_json(detections), variant, names, output, conf
+        Path(image_dir) / image["file_name"],
+        image_id,
+        _load_json(fp_detections),
+        _load_json(detections),
+        variant,
+        names,
+        output,
+        conf,
     )
 
 
@@ -288,7 +319,11 @@ def pack_step(qcdq, output, record_path, config=None) -> dict:
         "qcdq_bytes": qcdq_bytes,
         "ratio_to_qcdq": round(packed_bytes / qcdq_bytes, 4),
         **packing,
-        "parity_vs_qcdq": {"max_abs_diff": max_abs_diff, "input": "seeded uniform [0, 1) image", "provider": "CPUExecutionProvider"},
+        "parity_vs_qcdq": {
+            "max_abs_diff": max_abs_diff,
+            "input": "seeded uniform [0, 1) image",
+            "provider": "CPUExecutionProvider",
+        },
         "checker": "onnx.checker.check_model(full_check=True) passed",
         "inputs": input_record({"qcdq": qcdq}),
         "config": config,

@@ -9,8 +9,6 @@ import contextlib
 import io
 from pathlib import Path
 
-import numpy as np
-
 from yolo_w4.errors import UserError
 
 METRIC_NAMES = (
@@ -30,7 +28,9 @@ def category_ids(coco: dict, classes: int) -> list[int]:
     return ids
 
 
-def predict_images(session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True):
+def predict_images(
+    session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True
+):
     """Detections per image and the model-only latency (ms) of each, with a progress bar."""
     from tqdm import tqdm
 
@@ -43,7 +43,9 @@ def predict_images(session, images: list[Path], head: str, imgsz: int, conf: flo
         tensor, mapping = load_input(path, imgsz)
         feed = input_feed(session, tensor)
         outputs = []
-        timing = time_runs(lambda: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0)
+        timing = time_runs(
+            lambda feed=feed, outputs=outputs: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0
+        )
         latencies.append(timing["median_ms"])
         detections.append(decode(outputs[-1], head, mapping, conf, iou, max_det, multi_label))
     return detections, latencies
@@ -81,10 +83,8 @@ def coco_eval(gt, results: list[dict], image_ids):
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            detections = gt.loadRes(results)
-        else:  # pycocotools cannot load an empty result list
-            detections = coco_ground_truth({**gt.dataset, "annotations": []})
+        # pycocotools cannot load an empty result list
+        detections = gt.loadRes(results) if results else coco_ground_truth({**gt.dataset, "annotations": []})
         evaluator = COCOeval(gt, detections, "bbox")
         evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()

@@ -73,7 +73,12 @@ def _stamp(path, metadata: dict | None) -> None:
 
 
 def export_fp(
-    model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1, metadata: dict | None = None
+    model: torch.nn.Module,
+    path,
+    imgsz: int = 640,
+    precision: str = "fp32",
+    batch: int = 1,
+    metadata: dict | None = None,
 ) -> None:
     """FP baseline with torch's TorchScript exporter (the same settings as the QCDQ export)."""
     model = _cast(model, precision)
@@ -108,7 +113,12 @@ def snap_to_grid(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def export_qcdq(
-    model: torch.nn.Module, path, imgsz: int = 640, precision: str = "fp32", batch: int = 1, metadata: dict | None = None
+    model: torch.nn.Module,
+    path,
+    imgsz: int = 640,
+    precision: str = "fp32",
+    batch: int = 1,
+    metadata: dict | None = None,
 ) -> None:
     """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv).
 
@@ -190,7 +200,9 @@ def onnx_summary(path) -> dict:
         )
     counts = collections.Counter(node.op_type for node in graph.node)
     producers = {out: node for node in graph.node for out in node.output}
-    conv_weights = {node.name: _weight_size(node.input[1], constants, producers) for node in graph.node if node.op_type == "Conv"}
+    conv_weights = {
+        node.name: _weight_size(node.input[1], constants, producers) for node in graph.node if node.op_type == "Conv"
+    }
     # The DFL conv (node /model.N/dfl/conv/Conv) is a fixed projection, never quantized.
     quantizable = sum(size for name, size in conv_weights.items() if "/dfl/" not in name)
     four_bit = sum(c["weights"] for c in weight_clips if c["max"] - c["min"] + 1 <= 16)

@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 TEMP_MARK = ".yolo-w4-tmp"  # in every temporary name, so a sweep removes ours and nothing else
 
 
@@ -47,7 +46,9 @@ def atomic_path(path):
         raise
     except Exception as error:  # writers (pickle, protobuf) often re-raise ENOSPC in their own words
         if _disk_full(path):
-            raise UserError(f"no space left on device while writing {path} ({type(error).__name__}); free space there and re-run") from error
+            raise UserError(
+                f"no space left on device while writing {path} ({type(error).__name__}); free space there and re-run"
+            ) from error
         raise
     finally:
         if os.path.exists(tmp):

@@ -111,7 +111,7 @@ def _settings(path) -> dict:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True).get("settings") or {}
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return {"device": f"unreadable: {error}"}
 
 
@@ -136,8 +136,10 @@ def demo_workflow(device: str = "cuda", run_id: str = "gpu-check-demo", cores: i
         "seconds": seconds,
         "log_tail": (done.stderr or "").strip().splitlines()[-15:] if done.returncode else [],
         "ort_jobs": rows,
-        "all_cuda": bool(rows) and all(row["provider_used"] == "CUDAExecutionProvider" for row in rows
-                                       if not row["file"].endswith("int4-ptq.json")),
+        "all_cuda": bool(rows)
+        and all(
+            row["provider_used"] == "CUDAExecutionProvider" for row in rows if not row["file"].endswith("int4-ptq.json")
+        ),
         "precisions": sorted({str(row["precision"]) for row in rows}),
         "synthesis_device": synthesis_device,
         "quantize_device": quantize_device,
@@ -255,7 +257,7 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
         for kind, disable in cases:
             session, record = create_session(model.onnx(kind, "fp16", batch, head="one2many"), device, disable)
             feed = input_feed(session, x)
-            stats = time_runs(lambda: session.run(None, feed), runs, warmup)
+            stats = time_runs(lambda session=session, feed=feed: session.run(None, feed), runs, warmup)
             rows.append(
                 {
                     "model": "FP16" if kind == "fp" else "W4 QCDQ FP16",
@@ -311,17 +313,38 @@ def table(result: dict) -> str:
     """The Markdown table README shows."""
     rows = [("what", "measured")]
     facts = result.get("torch", {})
-    rows.append(("GPU", f"{facts.get('device')} (compute {facts.get('capability')}, {facts.get('memory_gib')} GiB, driver {facts.get('driver')})"))
+    rows.append(
+        (
+            "GPU",
+            f"{facts.get('device')} (compute {facts.get('capability')}, {facts.get('memory_gib')} GiB, driver {facts.get('driver')})",
+        )
+    )
     rows.append(("PyTorch", f"{facts.get('torch')}, CUDA {facts.get('torch_cuda_build')}, cuDNN {facts.get('cudnn')}"))
-    for key, label in (("ort_with_torch", "ORT CUDA provider, PyTorch imported"), ("ort_without_torch", "ORT CUDA provider, no PyTorch")):
+    for key, label in (
+        ("ort_with_torch", "ORT CUDA provider, PyTorch imported"),
+        ("ort_without_torch", "ORT CUDA provider, no PyTorch"),
+    ):
         probe = result.get(key, {})
-        rows.append((label, probe.get("error") or f"{probe.get('provider_used')} (onnxruntime {probe.get('onnxruntime')}, preload_dlls {probe.get('preload_dlls')})"
-                     + (f"; {probe['cuda_reason']}" if probe.get("cuda_reason") else "")))
+        rows.append(
+            (
+                label,
+                probe.get("error")
+                or f"{probe.get('provider_used')} (onnxruntime {probe.get('onnxruntime')}, preload_dlls {probe.get('preload_dlls')})"
+                + (f"; {probe['cuda_reason']}" if probe.get("cuda_reason") else ""),
+            )
+        )
     demo = result.get("demo_workflow", {})
     if demo:
-        rows.append(("demo workflow, device: cuda", demo.get("error") or (
-            f"exit {demo['exit_code']} in {demo['seconds']} s; {len(demo['ort_jobs'])} ORT records, all CUDA: {demo['all_cuda']}; "
-            f"precision {', '.join(p for p in demo['precisions'] if p != 'None')}; distillation on {demo['synthesis_device']}, GPTQ on {demo['quantize_device']}")))
+        rows.append(
+            (
+                "demo workflow, device: cuda",
+                demo.get("error")
+                or (
+                    f"exit {demo['exit_code']} in {demo['seconds']} s; {len(demo['ort_jobs'])} ORT records, all CUDA: {demo['all_cuda']}; "
+                    f"precision {', '.join(p for p in demo['precisions'] if p != 'None')}; distillation on {demo['synthesis_device']}, GPTQ on {demo['quantize_device']}"
+                ),
+            )
+        )
     par = result.get("parity", {})
     for key, label in (
         ("fp16_vs_fp32_cuda", "FP: FP16 vs FP32 (CUDA)"),
@@ -332,8 +355,13 @@ def table(result: dict) -> str:
     ):
         if key in par:
             p = par[key]
-            rows.append((label, f"SQNR {p['sqnr_db'] if p['sqnr_db'] is not None else 'inf (identical)'} dB, max abs diff {p['max_abs_diff'] if p['max_abs_diff'] is not None else float('nan'):.3g}"
-                         + (f", rows matched {p['rows_matched']}/{p['rows']}" if "rows" in p else "")))
+            rows.append(
+                (
+                    label,
+                    f"SQNR {p['sqnr_db'] if p['sqnr_db'] is not None else 'inf (identical)'} dB, max abs diff {p['max_abs_diff'] if p['max_abs_diff'] is not None else float('nan'):.3g}"
+                    + (f", rows matched {p['rows_matched']}/{p['rows']}" if "rows" in p else ""),
+                )
+            )
     if "error" in par:
         rows.append(("parity", par["error"]))
     lat = result.get("latency")
@@ -342,12 +370,24 @@ def table(result: dict) -> str:
     elif lat:
         for row in lat:
             flag = "" if row["disable_quant_qdq"] is None else f", disable_quant_qdq={int(row['disable_quant_qdq'])}"
-            rows.append((f"latency {row['model']}{flag}, batch {row['batch']}", f"{row['median_ms']} ms median (p90 {row['p90_ms']}), {row['images_per_s']} img/s"))
+            rows.append(
+                (
+                    f"latency {row['model']}{flag}, batch {row['batch']}",
+                    f"{row['median_ms']} ms median (p90 {row['p90_ms']}), {row['images_per_s']} img/s",
+                )
+            )
     ptq = result.get("ptq_on_cuda", {})
     if ptq:
-        rows.append((f"default w4a16 on {ptq.get('device', 'cuda')} (seeded {Path(ptq.get('arch', '')).stem})", ptq.get("error") or (
-            f"distillation {ptq['images']} images x {ptq['steps']} steps {ptq['synthesis_seconds']} s + GPTQ {ptq['gptq_seconds']} s "
-            f"= {ptq['total_seconds']} s ({ptq['quantized_convs']} convs)")))
+        rows.append(
+            (
+                f"default w4a16 on {ptq.get('device', 'cuda')} (seeded {Path(ptq.get('arch', '')).stem})",
+                ptq.get("error")
+                or (
+                    f"distillation {ptq['images']} images x {ptq['steps']} steps {ptq['synthesis_seconds']} s + GPTQ {ptq['gptq_seconds']} s "
+                    f"= {ptq['total_seconds']} s ({ptq['quantized_convs']} convs)"
+                ),
+            )
+        )
     if result.get("export_seconds"):
         rows.append(("exports (CPU, s)", ", ".join(f"{k} {v}" for k, v in result["export_seconds"].items())))
     lines = [f"| {a} | {b} |" for a, b in rows]
@@ -360,7 +400,7 @@ def _section(result: dict, name: str, function, out: Path, *args):
     print(f"gpu-check: {name} ...", flush=True)
     try:
         result[name] = function(*args)
-    except Exception as error:  # noqa: BLE001 - one failed section must not hide the others
+    except Exception as error:
         traceback.print_exc()
         result[name] = {"error": f"{type(error).__name__}: {error}".strip()[:500]}
     result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - started, 1)
@@ -371,8 +411,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m yolo_w4.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/gpu-check", help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--arch", default="yolov10m.yaml", help="Ultralytics YAML of the seeded model timed")
-    parser.add_argument("--skip", nargs="*", default=[], help="sections to skip: demo_workflow parity latency ptq_on_cuda")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: rehearse every section without a GPU")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="sections to skip: demo_workflow parity latency ptq_on_cuda"
+    )
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: rehearse every section without a GPU"
+    )
     parser.add_argument("--steps", type=int, default=200, help="distillation steps timed (the default recipe: 200)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -383,7 +427,9 @@ def main(argv=None) -> int:
 
     facts = torch_facts()
     if not facts["cuda_available"] and args.device == "cuda":
-        print(f"gpu-check: no CUDA GPU visible to PyTorch {facts['torch']} (CUDA build {facts['torch_cuda_build']}); nothing measured")
+        print(
+            f"gpu-check: no CUDA GPU visible to PyTorch {facts['torch']} (CUDA build {facts['torch_cuda_build']}); nothing measured"
+        )
         return 0
     from yolo_w4.provenance import utc_now, versions
 
@@ -397,7 +443,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             try:
                 model = SeededModel(args.arch, Path(folder))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 traceback.print_exc()
                 result["parity"] = result["latency"] = {"error": f"seeded model: {type(error).__name__}: {error}"}
             result["seeded_model_seconds"] = round(time.perf_counter() - started, 1)

@@ -13,7 +13,9 @@ from yolo_w4.preprocess import load_input
 from yolo_w4.runtime import create_session, input_feed, latency_stats
 
 
-def interleaved_latency(models: dict, images: list, device: str = "auto", rounds: int = 10, warmup: int = 2, imgsz: int = 640) -> dict:
+def interleaved_latency(
+    models: dict, images: list, device: str = "auto", rounds: int = 10, warmup: int = 2, imgsz: int = 640
+) -> dict:
     """{name: latency stats} plus each model's median ratio to the first model (the baseline)."""
     sessions = {name: create_session(path, device) for name, path in models.items()}
     tensors = [load_input(path, imgsz)[0] for path in images]

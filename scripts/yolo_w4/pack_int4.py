@@ -44,9 +44,9 @@ def _constants(graph) -> dict:
 
 def _four_bit_type(weight: np.ndarray, low: int, high: int):
     """INT4 / UINT4 when the Clip range of this integer weight fits in 4 bits, else None."""
-    if weight.dtype == np.int8 and -8 <= low and high <= 7:
+    if weight.dtype == np.int8 and low >= -8 and high <= 7:
         return TensorProto.INT4
-    if weight.dtype == np.uint8 and 0 <= low and high <= 15:
+    if weight.dtype == np.uint8 and low >= 0 and high <= 15:
         return TensorProto.UINT4
     return None
 
@@ -66,7 +66,9 @@ def pack_int4(qcdq_path, output) -> dict:
     try:
         model = onnx.load(str(qcdq_path))
     except Exception as error:  # protobuf raises several kinds on a file that is not ONNX
-        raise UserError(f"{qcdq_path} is not an ONNX model ({type(error).__name__}); pass a *-qcdq-ptq.onnx export") from None
+        raise UserError(
+            f"{qcdq_path} is not an ONNX model ({type(error).__name__}); pass a *-qcdq-ptq.onnx export"
+        ) from None
     metadata = read_metadata(model)  # the version converter does not carry metadata_props over
     model = version_converter.convert_version(model, INT4_OPSET)
     model.ir_version = max(model.ir_version, INT4_IR_VERSION)
@@ -81,9 +83,13 @@ def pack_int4(qcdq_path, output) -> dict:
             consumers[name].append(node)
 
     weight_clips = [
-        node for node in graph.node
-        if node.op_type == "Clip" and len(node.input) == 3 and all(name in constants for name in node.input)
-        and consumers[node.output[0]] and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])
+        node
+        for node in graph.node
+        if node.op_type == "Clip"
+        and len(node.input) == 3
+        and all(name in constants for name in node.input)
+        and consumers[node.output[0]]
+        and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])
     ]
     if not weight_clips:
         raise UserError(
@@ -105,7 +111,9 @@ def pack_int4(qcdq_path, output) -> dict:
             if len(dequant.input) > 2:  # the zero point must have the weight's (now 4-bit) type
                 zero_point = constants[dequant.input[2]]
                 dequant.input[2] = f"{dequant.output[0]}_zero_point_int4"
-                new.append(helper.make_tensor(dequant.input[2], element, zero_point.shape, pack_nibbles(zero_point), raw=True))
+                new.append(
+                    helper.make_tensor(dequant.input[2], element, zero_point.shape, pack_nibbles(zero_point), raw=True)
+                )
         graph.node.remove(clip)
         packed.append(clip.output[0])
         packed_weights += int(weight.size)

@@ -3,9 +3,9 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from yolo_w4.files import atomic_path  # noqa: E402
+from yolo_w4.files import atomic_path
 
 
 def _save(figure, path) -> None:

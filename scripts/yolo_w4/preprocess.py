@@ -41,7 +41,9 @@ def read_image(path) -> np.ndarray:
     data = Path(path).read_bytes()
     truncated = _truncated(data)
     if truncated:
-        raise UserError(f"{path} is truncated ({truncated}); re-download or remove it, a partly decoded image would be scored")
+        raise UserError(
+            f"{path} is truncated ({truncated}); re-download or remove it, a partly decoded image would be scored"
+        )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path} is not a readable image (OpenCV could not decode it)")

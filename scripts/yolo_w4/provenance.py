@@ -47,9 +47,14 @@ def workflow_commit() -> str:
 
         root = Path(__file__).resolve().parents[2]
         try:
-            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             dirty = subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             ok = head.returncode == 0 and dirty.returncode == 0
             _COMMIT = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if ok else "not a git checkout"
@@ -67,4 +72,4 @@ def input_record(paths: dict) -> dict:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -30,7 +30,9 @@ class InputStats:
         self.device = conv.weight.device  # statistics live where the model runs (float64 on CPU or CUDA)
         self.sum = torch.zeros(self.groups, self.width, dtype=torch.float64, device=self.device)
         self.gram = (
-            torch.zeros(self.groups, self.width, self.width, dtype=torch.float64, device=self.device) if second_moment else None
+            torch.zeros(self.groups, self.width, self.width, dtype=torch.float64, device=self.device)
+            if second_moment
+            else None
         )
         self.count = 0
         self.cross = self.reference_sum = None  # E[x x_fpᵀ], E[x_fp]: paired statistics (add_pair)
@@ -124,7 +126,7 @@ class StagedActivations:
         """Run the current stage on every image; with advance, keep its outputs and move on."""
         module = self.module
         with torch.no_grad():
-            for index, (x, saved) in enumerate(self.states):
+            for index, (_, saved) in enumerate(self.states):
                 output = module(self.inputs(index))
                 if advance:
                     saved.append(output if module.i in self.model.save else None)
@@ -155,8 +157,13 @@ def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layer
     """
     stats = {name: InputStats(conv, second_moment=True) for name, conv in q_layers.items()}
     reference = {}
-    handles = [fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: reference.__setitem__(n, args[0])) for n in q_layers]
-    handles += [conv.register_forward_pre_hook(lambda m, args, n=n: stats[n].add_pair(args[0], reference[n])) for n, conv in q_layers.items()]
+    handles = [
+        fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: reference.__setitem__(n, args[0])) for n in q_layers
+    ]
+    handles += [
+        conv.register_forward_pre_hook(lambda m, args, n=n: stats[n].add_pair(args[0], reference[n]))
+        for n, conv in q_layers.items()
+    ]
     try:
         with torch.no_grad():
             for index in range(len(q_activations.states)):
@@ -201,7 +208,11 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
         perm = torch.arange(width, device=W.device).expand(groups, width)
     W = W.gather(2, perm.unsqueeze(1).expand_as(W))
     H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
-    H += damp * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1) * torch.eye(width, dtype=H.dtype, device=H.device)
+    H += (
+        damp
+        * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1)
+        * torch.eye(width, dtype=H.dtype, device=H.device)
+    )
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
     for start in range(0, width, block):
@@ -258,8 +269,18 @@ def execution_order(activations: StagedActivations, layers: dict) -> list[str]:
 
 
 def _calibrate_layer(
-    module, fp_conv, stats: InputStats, bits: int, method, bias_correction, narrow_range, damp, act_order, scale_search,
-    compensate_upstream, ridge,
+    module,
+    fp_conv,
+    stats: InputStats,
+    bits: int,
+    method,
+    bias_correction,
+    narrow_range,
+    damp,
+    act_order,
+    scale_search,
+    compensate_upstream,
+    ridge,
 ) -> dict:
     """Output-aware scale, GPTQ and/or bias correction of one quantized conv, in place."""
     groups = module.groups
@@ -320,8 +341,13 @@ def calibrate(
     q_layers = {n: m for n, m in conv_layers(q_model).items() if hasattr(m, "weight_quant")}
     records = {}
     options = dict(
-        method=method, bias_correction=bias_correction, narrow_range=narrow_range, damp=damp,
-        act_order=act_order, scale_search=scale_search, compensate_upstream=compensate_upstream,
+        method=method,
+        bias_correction=bias_correction,
+        narrow_range=narrow_range,
+        damp=damp,
+        act_order=act_order,
+        scale_search=scale_search,
+        compensate_upstream=compensate_upstream,
         ridge=ridge,
     )
     activations = StagedActivations(q_model, calibration)
@@ -337,7 +363,9 @@ def calibrate(
                 stats = collect_paired_stats(fp_activations, activations, fp_layers, {name: layers[name]})
                 records[name] = _calibrate_layer(layers[name], fp_layers[name], stats[name], bits_of[name], **options)
         else:
-            stats = collect_input_stats(q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search)
+            stats = collect_input_stats(
+                q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search
+            )
             for name, module in layers.items():
                 records[name] = _calibrate_layer(module, fp_layers[name], stats[name], bits_of[name], **options)
         for name in layers:

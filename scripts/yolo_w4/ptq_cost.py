@@ -116,9 +116,14 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to 200)")
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PTQ and synthesis run (auto: CUDA if seen)"
+        "--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to 200)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where PTQ and synthesis run (auto: CUDA if seen)",
     )
     parser.add_argument("--out", default="results/ptq-cost.json")
     args = parser.parse_args(argv)

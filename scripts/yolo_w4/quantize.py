@@ -107,7 +107,9 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     for bits, names in sorted(by_bits.items()):  # one layerwise pass per bit width
         quantizer = weight_quantizer(bits, settings["scale"], settings["symmetric"], settings["narrow_range"])
         skipped = [name for name in conv_layers(quantized) if name not in names]
-        quantized = layerwise_quantize(quantized, compute_layer_map=weight_only_layer_map(quantizer), name_blacklist=skipped)
+        quantized = layerwise_quantize(
+            quantized, compute_layer_map=weight_only_layer_map(quantizer), name_blacklist=skipped
+        )
     for name in selected:
         module = conv_layers(quantized)[name]
         if module.bias is None:  # bias correction needs one; zeros keep the output unchanged

@@ -17,7 +17,9 @@ from yolo_w4.quantize import quantization_summary, quantize_weights
 FORMAT = "yolo_w4.quantized_state_dict/1"
 
 
-def save_quantized(path, model: torch.nn.Module, detector: Detector, variant: str, settings: dict, calibration=None) -> dict:
+def save_quantized(
+    path, model: torch.nn.Module, detector: Detector, variant: str, settings: dict, calibration=None
+) -> dict:
     """Write the artifact; return its record (everything but the tensors).
 
     calibration: per-layer records of what calibrated PTQ changed (None for plain RTN).
@@ -41,7 +43,7 @@ def read_record(path) -> dict:
     """The artifact's contents (tensors included), checked to be ours."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure means "not our artifact"
+    except Exception as error:
         raise UserError(f"{path} is not a yolo-w4 quantized state dict ({type(error).__name__})") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a yolo-w4 quantized state dict (format {FORMAT} expected)")

@@ -99,7 +99,9 @@ def stage_outputs(module, x, is_head: bool, layers: dict) -> list[torch.Tensor]:
 
 def reconstruction_error(outputs, targets, indices) -> torch.Tensor:
     """Squared error summed over channels, averaged over images and positions (BRECQ's loss)."""
-    return sum((out - torch.cat([targets[i][k] for i in indices])).pow(2).sum(1).mean() for k, out in enumerate(outputs))
+    return sum(
+        (out - torch.cat([targets[i][k] for i in indices])).pow(2).sum(1).mean() for k, out in enumerate(outputs)
+    )
 
 
 def stage_error(activations: StagedActivations, targets, is_head: bool, layers: dict, chunk: int = 8) -> float:
@@ -140,9 +142,14 @@ def reconstruct(
             is_head = stage == last
             fp_stage_layers = {n: fp_layers[n] for n in layers}
             with torch.no_grad():
-                targets = [stage_outputs(fp_acts.module, fp_acts.inputs(i), is_head, fp_stage_layers) for i in range(count)]
+                targets = [
+                    stage_outputs(fp_acts.module, fp_acts.inputs(i), is_head, fp_stage_layers) for i in range(count)
+                ]
                 rtn_error = stage_error(q_acts, targets, is_head, layers)
-            roundings = {n: LearnedRounding(m, fp_layers[n].weight.detach(), bits_of[n], narrow_range, learn_bias) for n, m in layers.items()}
+            roundings = {
+                n: LearnedRounding(m, fp_layers[n].weight.detach(), bits_of[n], narrow_range, learn_bias)
+                for n, m in layers.items()
+            }
             groups = [{"params": [r.v for r in roundings.values()], "lr": lr}]
             if learn_bias:
                 groups.append({"params": [r.bias for r in roundings.values()], "lr": bias_lr})

@@ -4,9 +4,9 @@ import csv
 import html
 
 from yolo_w4.deltas import COMPACT_COLUMNS, summary_table
+from yolo_w4.files import atomic_path
 
 WARNING = "DEMO MODEL WITH RANDOM WEIGHTS"
-from yolo_w4.files import atomic_path
 
 
 def write_csv(path, rows: list[dict]) -> None:
@@ -48,7 +48,11 @@ def rst_fragment(rows: list[dict], notes: list[str]) -> str:
     header, body = summary_table(rows, COMPACT_COLUMNS)
     warnings = [note for note in notes if note.startswith(WARNING)]
     lines = [f"**{note}**\n" for note in warnings]
-    lines += [".. list-table:: Deltas against the FP baseline (size and latency: ratio to FP)", "   :header-rows: 1", ""]
+    lines += [
+        ".. list-table:: Deltas against the FP baseline (size and latency: ratio to FP)",
+        "   :header-rows: 1",
+        "",
+    ]
     for cells in [header, *body]:
         lines.append("   * - " + cells[0].replace("*", r"\*"))
         lines += [f"     - {c}" for c in cells[1:]]

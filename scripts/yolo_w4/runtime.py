@@ -60,7 +60,7 @@ def preload_cuda_libraries(onnxruntime) -> str | None:
         return None
     try:
         preload()
-    except Exception as error:  # noqa: BLE001 - reported, then the session decides
+    except Exception as error:
         return f"onnxruntime.preload_dlls() failed: {error}"
     return None
 
@@ -80,7 +80,12 @@ def probe_providers(device: str = "auto") -> dict:
     try:
         import onnxruntime
     except ImportError:
-        return {"device": device, "onnxruntime": None, "provider_used": None, "cuda_reason": "onnxruntime is not installed"}
+        return {
+            "device": device,
+            "onnxruntime": None,
+            "provider_used": None,
+            "cuda_reason": "onnxruntime is not installed",
+        }
     available = onnxruntime.get_available_providers()
     record = {
         "device": device,
@@ -134,7 +139,9 @@ def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
     requested = requested_providers(device)
     probe = probe_providers(device)
     if device == "cuda" and probe["provider_used"] != CUDA:
-        raise UserError(f"device: cuda, but ONNX Runtime cannot use CUDA here: {probe['cuda_reason']}; set device: auto or cpu")
+        raise UserError(
+            f"device: cuda, but ONNX Runtime cannot use CUDA here: {probe['cuda_reason']}; set device: auto or cpu"
+        )
     available = onnxruntime.get_available_providers()
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.disable_quant_qdq", "1" if disable_quant_qdq else "0")
@@ -144,7 +151,9 @@ def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
     session = onnxruntime.InferenceSession(str(path), options, providers=providers or [CPU])
     used = session.get_providers()
     if device == "cuda" and used[0] != CUDA:
-        raise UserError(f"device: cuda, but ONNX Runtime did not run {path} on CUDA (providers used: {', '.join(used)})")
+        raise UserError(
+            f"device: cuda, but ONNX Runtime did not run {path} on CUDA (providers used: {', '.join(used)})"
+        )
     record = {
         "providers_requested": requested,
         "providers_available": available,

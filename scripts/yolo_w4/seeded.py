@@ -51,7 +51,7 @@ def build_seeded_checkpoint(out_path, arch: str = "yolov10n.yaml", seed: int = 0
     checkpoint = {
         "model": model.half(),
         "train_args": {"model": arch, "seed": seed},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "version": ultralytics.__version__,
         "yolo_w4_seeded": True,
     }

@@ -11,7 +11,6 @@ import csv
 import torch
 
 from yolo_w4.files import atomic_path
-
 from yolo_w4.parity import sqnr_db
 from yolo_w4.ptq import integer_range, round_to_grid
 from yolo_w4.quantize import conv_layers, quantizable_layers
@@ -100,7 +99,12 @@ def read_sensitivity(path) -> list[dict]:
     """The ranking, most sensitive first."""
     with open(path, newline="") as handle:
         rows = [
-            {"rank": int(r["rank"]), "layer": r["layer"], "output_sqnr_db": float(r["output_sqnr_db"]), "weights": int(r["weights"])}
+            {
+                "rank": int(r["rank"]),
+                "layer": r["layer"],
+                "output_sqnr_db": float(r["output_sqnr_db"]),
+                "weights": int(r["weights"]),
+            }
             for r in csv.DictReader(handle)
         ]
     return sorted(rows, key=lambda row: row["rank"])

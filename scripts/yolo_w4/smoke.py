@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from yolo_w4.checkpoint import Detector
@@ -50,8 +49,16 @@ def smoke_test(
         "input_dtype": str(feed[next(iter(feed))].dtype),
         "model_io": io_record(session),
         "latency": {**time_runs(lambda: session.run(None, feed), runs, warmup), "batch": 1},
-        "parity": {"reference": "PyTorch FP32 model the ONNX was exported from", **compare_outputs(expected, output, detector.head)},
-        "detections": {"image": str(image), "conf": conf, "count": len(detections), "boxes": detections.as_records(detector.names)},
+        "parity": {
+            "reference": "PyTorch FP32 model the ONNX was exported from",
+            **compare_outputs(expected, output, detector.head),
+        },
+        "detections": {
+            "image": str(image),
+            "conf": conf,
+            "count": len(detections),
+            "boxes": detections.as_records(detector.names),
+        },
         "graph": {k: v for k, v in onnx_summary(onnx_path).items() if k != "weight_clips"},
         "checkpoint": detector.describe(),
         "inputs": input_record({"onnx": onnx_path, "image": image}),

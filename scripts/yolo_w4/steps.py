@@ -16,6 +16,7 @@ from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
 from yolo_w4.seeded import build_seeded_checkpoint
 from yolo_w4.smoke import smoke_test
 
+
 def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
     build_seeded_checkpoint(output, arch, seed)
 
@@ -35,7 +36,9 @@ def synthesize_step(
     started = time.perf_counter()
     device = resolve_torch_device(device)
     settings = {"images": images, "imgsz": imgsz, "steps": steps, "lr": lr, "seed": seed}
-    tensors = synthesize_images(unfused_model(checkpoint, trust=trust), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device)
+    tensors = synthesize_images(
+        unfused_model(checkpoint, trust=trust), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device
+    )
     settings["device"] = device
     settings["seconds"] = round(time.perf_counter() - started, 1)
     if picture:
@@ -44,8 +47,17 @@ def synthesize_step(
 
 
 def quantize_step(
-    checkpoint, output, variant: str, settings: dict, head="one2one", imgsz=640, calibration=None, sensitivity=None,
-    synthetic=None, device="auto", trust=False,
+    checkpoint,
+    output,
+    variant: str,
+    settings: dict,
+    head="one2one",
+    imgsz=640,
+    calibration=None,
+    sensitivity=None,
+    synthetic=None,
+    device="auto",
+    trust=False,
 ) -> dict:
     """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
 
@@ -124,13 +136,23 @@ def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict, device="
     images = [image.to(device) for image in images]
     try:
         if settings.get("method") == "adaround":
-            return reconstruct(fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {}))
+            return reconstruct(
+                fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {})
+            )
         gptq = settings.get("gptq") or {}
         return calibrate(
-            fp_model, model, images, settings.get("method", "rtn"), settings.get("bias_correction") == "empirical",
-            bits, settings["narrow_range"], gptq.get("damp", 0.01), gptq.get("act_order", True),
+            fp_model,
+            model,
+            images,
+            settings.get("method", "rtn"),
+            settings.get("bias_correction") == "empirical",
+            bits,
+            settings["narrow_range"],
+            gptq.get("damp", 0.01),
+            gptq.get("act_order", True),
             scale_search=settings["scale"] == "output",
-            compensate_upstream=bool(settings.get("compensate_upstream")), ridge=gptq.get("ridge", 0.01),
+            compensate_upstream=bool(settings.get("compensate_upstream")),
+            ridge=gptq.get("ridge", 0.01),
         )
     finally:
         fp_model.to("cpu")
@@ -148,7 +170,9 @@ def sensitivity_step(
 
     device = resolve_torch_device(device)
     detector = load_detector(checkpoint, head, imgsz, trust=trust)
-    images = calibration_tensors(calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used)
+    images = calibration_tensors(
+        calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used
+    )
     model = detector.model.to(device)
     rows = layer_sensitivity(model, [image.to(device) for image in images], imgsz)
     model.to("cpu")
@@ -173,7 +197,14 @@ def _load_model(checkpoint, quantized, head, imgsz, trust=False):
 
 
 def export_step(
-    checkpoint, output, record_path, quantized=None, precision="fp32", head="one2one", imgsz=640, config=None,
+    checkpoint,
+    output,
+    record_path,
+    quantized=None,
+    precision="fp32",
+    head="one2one",
+    imgsz=640,
+    config=None,
     trust=False,
 ) -> dict:
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""

@@ -30,7 +30,13 @@ def statistics_loss(inputs: list, layers: list) -> torch.Tensor:
 
 
 def synthesize_images(
-    unfused_model, count: int = 8, imgsz: int = 640, steps: int = 200, lr: float = 0.05, batch: int = 8, seed: int = 0,
+    unfused_model,
+    count: int = 8,
+    imgsz: int = 640,
+    steps: int = 200,
+    lr: float = 0.05,
+    batch: int = 8,
+    seed: int = 0,
     device: str = "cpu",
 ) -> torch.Tensor:
     """`count` images (uint8, N x 3 x imgsz x imgsz) on which the model's BatchNorms see their training statistics.
@@ -67,8 +73,11 @@ def synthesize_images(
                 with torch.no_grad():
                     x.clamp_(0, 1)
             images.append((x.detach() * 255).round().to(torch.uint8).cpu())
-            print(f"synthetic images {first + size}/{count}: BatchNorm statistics loss {float(loss.detach()):.5f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"synthetic images {first + size}/{count}: BatchNorm statistics loss {float(loss.detach()):.5f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -110,9 +119,13 @@ def load_synthetic(path) -> tuple[list, dict]:
     """The calibration tensors of a file `save_synthetic` wrote, and its record; anything else is one clear error."""
     try:
         data = torch.load(path, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise UserError(f"{path}: not a synthetic calibration file ({type(error).__name__}); re-run rule synthesize_calibration") from error
+    except Exception as error:
+        raise UserError(
+            f"{path}: not a synthetic calibration file ({type(error).__name__}); re-run rule synthesize_calibration"
+        ) from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path}: not a synthetic calibration file (format {FORMAT}); re-run rule synthesize_calibration")
+        raise UserError(
+            f"{path}: not a synthetic calibration file (format {FORMAT}); re-run rule synthesize_calibration"
+        )
     images = data.pop("images")
     return as_calibration(images), data
