@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from yolo_w4.config import needs_calibration, needs_synthetic, validate_config  # noqa: E402
 from yolo_w4.errors import UserError  # noqa: E402
+from yolo_w4.names import FP  # noqa: E402
 
 
 def fail(message):
@@ -27,7 +28,6 @@ RUN = f"results/{config['run_id']}"
 CHECKPOINT = config["checkpoint"]
 MODEL = Path(CHECKPOINT).stem
 VARIANTS = list(config["variants"])
-FP = "fp"  # the baseline's name in smoke/metrics files
 SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
 
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)

@@ -1,7 +1,7 @@
 """Rule benchmark_latency: every ONNX model timed in one process, interleaved."""
 
-from yolo_w4.eval_steps import latency_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_onnxruntime import latency_step
 
 sm = snakemake  # noqa: F821
 run_rule(

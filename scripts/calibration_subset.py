@@ -1,7 +1,7 @@
 """Rule calibration_subset: calibration image ids, never overlapping the evaluation subset."""
 
-from yolo_w4.eval_steps import calibration_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_onnxruntime import calibration_step
 
 sm = snakemake  # noqa: F821
 run_rule(

@@ -1,7 +1,7 @@
 """Rule coco_subset: the fixed image ids (and their annotations) every model is scored on."""
 
-from yolo_w4.eval_steps import subset_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_onnxruntime import subset_step
 
 sm = snakemake  # noqa: F821
 run_rule(

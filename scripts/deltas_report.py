@@ -1,7 +1,7 @@
 """Rule deltas_report: deltas vs FP with bootstrap intervals, as tables and plots."""
 
-from yolo_w4.eval_steps import report_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_report import report_step
 
 sm = snakemake  # noqa: F821
 names = sm.params.names

@@ -1,7 +1,7 @@
 """Rule draw_detections: FP and quantized boxes side by side on one subset image."""
 
-from yolo_w4.eval_steps import draw_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_onnxruntime import draw_step
 
 sm = snakemake  # noqa: F821
 run_rule(

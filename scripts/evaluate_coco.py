@@ -1,7 +1,7 @@
 """Rule evaluate_coco: score one ONNX model on the COCO subset in ONNX Runtime."""
 
-from yolo_w4.eval_steps import evaluate_step
 from yolo_w4.rule_runner import run_rule
+from yolo_w4.steps_onnxruntime import evaluate_step
 
 sm = snakemake  # noqa: F821
 run_rule(

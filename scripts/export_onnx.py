@@ -1,7 +1,7 @@
 """Rules export_fp and export_qcdq: PyTorch model -> ONNX (+ a JSON describing the graph)."""
 
 from yolo_w4.rule_runner import run_rule
-from yolo_w4.steps import export_step
+from yolo_w4.steps_torch import export_step
 
 sm = snakemake  # noqa: F821
 run_rule(

@@ -1,7 +1,7 @@
 """Rule layer_sensitivity: rank convs by the output distortion 4-bit weights cause alone."""
 
 from yolo_w4.rule_runner import run_rule
-from yolo_w4.steps import sensitivity_step
+from yolo_w4.steps_torch import sensitivity_step
 
 sm = snakemake  # noqa: F821
 run_rule(

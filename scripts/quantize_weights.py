@@ -1,7 +1,7 @@
 """Rule quantize_weights: checkpoint -> W4 (or other bits) quantized state dict."""
 
 from yolo_w4.rule_runner import run_rule
-from yolo_w4.steps import quantize_step
+from yolo_w4.steps_torch import quantize_step
 
 sm = snakemake  # noqa: F821
 run_rule(

@@ -1,7 +1,7 @@
 """Rule smoke_test: run an ONNX model in ONNX Runtime and write the smoke JSON."""
 
 from yolo_w4.rule_runner import run_rule
-from yolo_w4.steps import smoke_step
+from yolo_w4.steps_torch import smoke_step
 
 sm = snakemake  # noqa: F821
 run_rule(

@@ -1,7 +1,7 @@
 """Rule synthesize_calibration: checkpoint -> data-free calibration images (BatchNorm statistics)."""
 
 from yolo_w4.rule_runner import run_rule
-from yolo_w4.steps import synthesize_step
+from yolo_w4.steps_torch import synthesize_step
 
 sm = snakemake  # noqa: F821
 run_rule(

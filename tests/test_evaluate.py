@@ -216,8 +216,8 @@ def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head
     """
     from ultralytics import YOLO
 
-    from yolo_w4.eval_steps import pack_step
-    from yolo_w4.steps import export_step, quantize_step
+    from yolo_w4.steps_onnxruntime import pack_step
+    from yolo_w4.steps_torch import export_step, quantize_step
 
     path = shared(*checkpoint)
     names = load_detector(path, head).names

@@ -172,7 +172,7 @@ def test_trusted_load_is_recorded(seeded_checkpoint):
 
 def test_a_job_unpickles_its_checkpoint_once(seeded_checkpoint, tmp_path, monkeypatch):
     """quantize with data-free bias correction needs the fused and the unfused model: one load."""
-    from yolo_w4 import steps
+    from yolo_w4 import steps_torch as steps
 
     loads = []
 

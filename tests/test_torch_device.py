@@ -95,7 +95,7 @@ def test_resolve_torch_device():
 def test_explicit_cpu_is_the_default(small_detector, images, variant):
     """device='cpu' changes nothing: same records, same state dict, everything back on the CPU in FP32."""
     from yolo_w4.quantize import quantize_weights
-    from yolo_w4.steps import calibrated_ptq
+    from yolo_w4.steps_torch import calibrated_ptq
 
     fp_model, settings = small_detector.model, settings_of(variant)
     default_model, cpu_model = quantize_weights(fp_model, settings), quantize_weights(fp_model, settings)
@@ -118,7 +118,7 @@ def test_ptq_code_gives_every_tensor_it_creates_a_device(small_detector, seeded_
     from yolo_w4.data_free import bn_bias_correction, input_means
     from yolo_w4.quantize import quantize_weights
     from yolo_w4.sensitivity import layer_sensitivity
-    from yolo_w4.steps import calibrated_ptq
+    from yolo_w4.steps_torch import calibrated_ptq
 
     fp_model = small_detector.model
     models = {variant: quantize_weights(fp_model, settings_of(variant)) for variant in VARIANTS}
@@ -132,7 +132,7 @@ def test_ptq_code_gives_every_tensor_it_creates_a_device(small_detector, seeded_
 
 
 def test_quantize_step_records_the_device(seeded_checkpoint, tmp_path):
-    from yolo_w4.steps import quantize_step
+    from yolo_w4.steps_torch import quantize_step
 
     record = quantize_step(seeded_checkpoint, tmp_path / "w4.pt", "w4a16", {}, imgsz=IMGSZ, device="cpu")
     assert record["settings"]["device"] == "cpu"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from yolo_w4.errors import UserError
+from yolo_w4.names import FP
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from yolo_w4 import steps
+    from yolo_w4 import steps_torch as steps
 
     config = {k: v for k, v in vars(args).items() if k != "command"}
     if args.command == "seed":
@@ -150,11 +151,11 @@ def run(args: argparse.Namespace) -> None:
             trust=args.trust_checkpoint,
         )
     elif args.command == "pack":
-        from yolo_w4.eval_steps import pack_step
+        from yolo_w4.steps_onnxruntime import pack_step
 
         pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), config)
     elif args.command == "smoke":
-        variant = args.variant or ("fp" if not args.quantized else None)
+        variant = args.variant or (FP if not args.quantized else None)
         if variant is None:
             from yolo_w4.quantized_checkpoint import read_record
 

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from yolo_w4.errors import UserError
+from yolo_w4.names import FP
 
 
 def _with_defaults(validator_class):
@@ -38,7 +39,7 @@ def validate_config(config: dict, schema_path) -> dict:
     """Check `config` in place (defaults added); raise UserError naming the first bad key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
-    if "fp" in (config.get("variants") or {}):  # before the schema, whose own words would be "'fp' should not be valid"
+    if FP in (config.get("variants") or {}):  # before the schema, whose own words would be "'fp' should not be valid"
         raise UserError("invalid config at variants: the name fp is reserved for the FP baseline; rename that variant")
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _where(e)))
     if errors:

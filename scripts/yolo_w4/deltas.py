@@ -1,8 +1,7 @@
 """Every variant's numbers next to the FP baseline's: deltas, % retained, size, speed."""
 
 from yolo_w4.evaluate import METRIC_NAMES
-
-FP = "fp"
+from yolo_w4.names import FP
 
 
 def retained_pct(value, baseline):

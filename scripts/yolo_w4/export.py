@@ -15,6 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from yolo_w4.files import atomic_path
+from yolo_w4.names import FP
 from yolo_w4.torch_compat import onnx_export_kwargs
 
 OPSET = 17
@@ -35,7 +36,7 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model.half() if precision == "fp16" else model.float()
 
 
-def model_metadata(detector, precision: str, variant: str = "fp", settings: dict | None = None, batch: int = 1) -> dict:
+def model_metadata(detector, precision: str, variant: str = FP, settings: dict | None = None, batch: int = 1) -> dict:
     """Ultralytics' exporter keys for this model (its AutoBackend reads them), plus our provenance keys."""
     import json
 

@@ -55,6 +55,10 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def write_json(path, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

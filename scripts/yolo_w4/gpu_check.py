@@ -276,7 +276,7 @@ def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 2
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.quantize import DEFAULT_SETTINGS, quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
-    from yolo_w4.steps import calibrated_ptq
+    from yolo_w4.steps_torch import calibrated_ptq
     from yolo_w4.synthetic import as_calibration, synthesize_images
     from yolo_w4.torch_device import synchronize
 

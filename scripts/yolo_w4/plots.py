@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from yolo_w4.files import atomic_path
+from yolo_w4.names import FP
 
 
 def _save(figure, path) -> None:
@@ -21,7 +22,7 @@ def plot_map(rows: list[dict], path) -> None:
     left.bar(names, [r["mAP50_95"] or 0 for r in rows], color=["#777"] + ["#3a7"] * (len(rows) - 1))
     left.set_ylabel("mAP50-95")
     left.set_title("COCO subset mAP50-95")
-    variants = [r for r in rows if r["variant"] != "fp"]
+    variants = [r for r in rows if r["variant"] != FP]
     deltas = [r["delta_mAP50_95"] or 0 for r in variants]
     errors = [
         [d - (r["delta_mAP50_95_ci_low"] or d) for d, r in zip(deltas, variants)],

@@ -62,7 +62,7 @@ def measure(
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.quantize import quantizable_layers, quantize_weights
     from yolo_w4.seeded import build_seeded_checkpoint
-    from yolo_w4.steps import calibrated_ptq
+    from yolo_w4.steps_torch import calibrated_ptq
 
     device = resolve_torch_device(device)
 

@@ -1,6 +1,6 @@
-"""The workflow's steps, each: read its inputs, call the library, write its outputs.
+"""The steps of `envs/torch.yaml` (PyTorch, Brevitas, Ultralytics): seed, synthesize, quantize, export, smoke.
 
-Rule scripts and the `python -m yolo_w4` command line both call these, so the two can
+Each reads its inputs, calls the library, writes its outputs. Rule scripts and the `python -m yolo_w4` command line both call these, so the two can
 never drift apart. Every JSON written records versions, input hashes and configuration.
 """
 
@@ -10,6 +10,7 @@ from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
 from yolo_w4.errors import UserError
 from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
+from yolo_w4.names import FP
 from yolo_w4.provenance import input_record, utc_now, versions
 from yolo_w4.quantize import DEFAULT_SETTINGS, quantize_weights
 from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
@@ -212,7 +213,7 @@ def export_step(
 
     model, detector, quantized_record = _load_model(checkpoint, quantized, head, imgsz, trust)
     settings = quantized_record["settings"] if quantized_record else None
-    variant = quantized_record["variant"] if quantized_record else "fp"
+    variant = quantized_record["variant"] if quantized_record else FP
     metadata = model_metadata(detector, precision, variant, settings)
     if quantized:
         export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)

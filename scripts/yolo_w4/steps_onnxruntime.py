@@ -1,23 +1,15 @@
-"""The ONNX-side steps: INT4 packing, COCO subset, scoring, latency, deltas, pictures.
+"""The steps of `envs/onnxruntime.yaml`: INT4 packing, COCO subset, runtime probe, scoring, latency, pictures.
 
-Like `steps.py`, each reads inputs, calls the library, writes outputs; these need only
-ONNX Runtime, pycocotools, OpenCV and matplotlib (no PyTorch), so they run in the small
-`onnxruntime` and `report` envs.
+Like `steps_torch.py`, each reads inputs, calls the library, writes outputs; these need only
+ONNX Runtime, pycocotools and OpenCV (no PyTorch). tests/test_envs.py checks every import
+they reach, at any depth, against that env.
 """
 
-import json
 from pathlib import Path
 
 from yolo_w4.deltas import describe_settings
-from yolo_w4.errors import UserError
-from yolo_w4.files import write_json
+from yolo_w4.files import read_json, write_json
 from yolo_w4.provenance import input_record, sha256, utc_now, versions
-
-FP = "fp"
-
-
-def _load_json(path):
-    return json.loads(Path(path).read_text())
 
 
 def subset_step(annotations, images, ids_out, annotations_out, max_images=100, image_ids_list=None) -> dict:
@@ -89,7 +81,7 @@ def evaluate_step(
     coco = load_coco(annotations)
     ids = read_ids(ids_file)
     files = image_paths(coco, images)
-    exported = _load_json(export_record)
+    exported = read_json(export_record)
     session, providers = create_session(onnx_path, device)
     cat_ids = category_ids(coco, exported["checkpoint"]["classes"])
     images_in_order = [files[i] for i in ids]
@@ -152,122 +144,6 @@ def latency_step(
     return result
 
 
-def report_step(
-    metrics: dict,
-    detections: dict,
-    exports: dict,
-    latency,
-    annotations,
-    outputs: dict,
-    resamples=1000,
-    seed=0,
-    config=None,
-    packed=None,
-) -> list[dict]:
-    """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots.
-
-    packed: {variant: INT4 packing record} for the variants with 4-bit weights.
-    """
-    from yolo_w4 import plots, report
-    from yolo_w4.bootstrap import paired_bootstrap
-    from yolo_w4.coco_subset import load_coco
-    from yolo_w4.deltas import delta_rows
-    from yolo_w4.evaluate import coco_eval, coco_ground_truth
-
-    sources = {  # every record the table is built from, by sha256: a published table can be traced
-        **{f"metrics/{name}": path for name, path in metrics.items()},
-        **{f"detections/{name}": path for name, path in detections.items()},
-        **{f"export/{name}": path for name, path in exports.items()},
-        **{f"int4/{name}": path for name, path in (packed or {}).items()},
-        "latency": latency,
-        "annotations": annotations,
-    }
-    metrics = {name: _load_json(path) for name, path in metrics.items()}
-    exports = {name: _load_json(path) for name, path in exports.items()}
-    packed = {name: _load_json(path) for name, path in (packed or {}).items()}
-    latency = _load_json(latency)
-    ids = metrics[FP]["image_ids_sha256"]
-    for name, record in metrics.items():
-        if record["image_ids_sha256"] != ids:
-            raise UserError(
-                f"{name} was scored on other images than fp (image_ids sha256 differs); re-run the workflow"
-            )
-    gt = coco_ground_truth(load_coco(annotations))
-    image_ids = sorted(gt.getImgIds())
-    evaluators = {name: coco_eval(gt, _load_json(path), image_ids) for name, path in detections.items()}
-    intervals = {
-        name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
-    }
-    rows = delta_rows(metrics, intervals, exports, latency, packed)
-    notes = report_notes(metrics, latency, resamples)
-    notes.append(f"Built from {len(sources)} records; deltas.json lists each by path and sha256 (`inputs`).")
-    title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
-    report.write_csv(outputs["csv"], rows)
-    report.write_text(outputs["markdown"], report.markdown(rows, notes))
-    report.write_text(outputs["html"], report.html_page(rows, notes, title))
-    report.write_text(outputs["rst"], report.rst_fragment(rows, notes))
-    write_json(
-        outputs["json"],
-        {
-            "rows": rows, "bootstrap": intervals, "notes": notes, "image_ids_sha256": ids,
-            "inputs": input_record(sources), "config": config, "versions": versions(), "created": utc_now(),
-        },
-    )  # fmt: skip
-    plots.plot_map(rows, outputs["map_plot"])
-    plots.plot_size_vs_map(rows, outputs["size_plot"])
-    plots.plot_latency(rows, outputs["latency_plot"])
-    print(report.markdown(rows, notes))
-    return rows
-
-
-def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
-    from yolo_w4 import report
-
-    base = metrics[FP]
-    notes = []
-    if any(record.get("trusted_load") for record in metrics.values()):
-        notes.append(
-            "The checkpoint was loaded with trust_checkpoint: true (unrestricted unpickling, which can run code "
-            "the file holds); only do this for a file you trust."
-        )
-    if any(record.get("random_weights") for record in metrics.values()):
-        notes.append(f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy.")
-    notes.append(
-        f"COCO subset of {base['images']} images (image_ids sha256 {base['image_ids_sha256'][:12]}…), "
-        f"head {base['head']}, conf {base['conf']}" + (f", NMS IoU {base['iou']}" if base["iou"] else "") + "."
-    )
-    notes.append(f"Δ = variant − FP; 95% CI: paired bootstrap over images, {resamples} resamples.")
-    notes.append(
-        "Size vs FP: the INT4 file (4-bit weights packed two per byte, opset 21) where a variant has one, "
-        "else its ONNX file; QCDQ keeps 4-bit weights in int8."
-    )
-    notes.append(
-        f"Latency: {latency['method']}; {len(latency['images'])} images x {latency['rounds']} rounds, "
-        f"batch 1, model only (no pre/post-processing)."
-    )
-    scored = {(r.get("provider_used"), r.get("precision")) for r in metrics.values()}
-    timed = {m.get("provider_used") for m in latency["models"].values()}
-    if len(scored) == 1 and timed == {p for p, _ in scored}:
-        provider, precision = next(iter(scored))
-        notes.append(
-            f"Every model was scored and timed with ONNX Runtime {str(provider).removesuffix('ExecutionProvider')}, {precision}."
-        )
-    if len(scored) > 1 or len(timed | {p for p, _ in scored}) > 1:
-        used = ", ".join(
-            f"{name}: {r.get('provider_used', '?').removesuffix('ExecutionProvider')} {r.get('precision')}"
-            for name, r in metrics.items()
-        )
-        notes.append(
-            f"Not comparable like for like: models were scored or timed on different providers or precisions ({used})."
-        )
-    reasons = {
-        r.get("cuda_reason") for r in metrics.values() if r.get("cuda_reason") and r.get("cuda_reason") != "device: cpu"
-    }
-    if reasons:
-        notes.append(f"CUDA was asked for (device: auto) but not used: {'; '.join(sorted(reasons))}.")
-    return notes
-
-
 def draw_step(image_dir, annotations, fp_detections, detections, variant, output, conf=0.25, image_id=None) -> int:
     """Side-by-side picture of FP vs `variant` boxes on one subset image."""
     from yolo_w4.coco_subset import load_coco
@@ -284,8 +160,8 @@ def draw_step(image_dir, annotations, fp_detections, detections, variant, output
     return draw_side_by_side(
         Path(image_dir) / image["file_name"],
         image_id,
-        _load_json(fp_detections),
-        _load_json(detections),
+        read_json(fp_detections),
+        read_json(detections),
         variant,
         names,
         output,
