@@ -7,7 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from yolo_w4.config import needs_calibration, needs_synthetic, validate_config  # noqa: E402
+from yolo_w4.config import (  # noqa: E402
+    needs_calibration,
+    needs_synthetic,
+    recipe_settings,
+    validate_config,
+)
 from yolo_w4.errors import UserError  # noqa: E402
 from yolo_w4.names import FP  # noqa: E402
 
@@ -19,7 +24,7 @@ def fail(message):
 
 
 try:
-    validate_config(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
+    validate_config(config)
 except UserError as error:
     fail(error)
 
@@ -27,7 +32,8 @@ RUN = f"results/{config['run_id']}"
 
 CHECKPOINT = config["checkpoint"]
 MODEL = Path(CHECKPOINT).stem
-VARIANTS = list(config["variants"])
+VARIANTS = config["build"]  # the recipes this run builds
+RECIPES = {name: recipe_settings(config, name) for name in VARIANTS}  # variant_defaults + catalog entry
 SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
 
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
@@ -52,10 +58,10 @@ if COCO["image_ids_list"] and not Path(COCO["image_ids_list"]).is_file():
 CALIBRATION = config["calibration"]
 
 
-CALIBRATED = [v for v in VARIANTS if needs_calibration(config["variants"][v])]
-MIXED = [v for v in VARIANTS if config["variants"][v]["mixed"]]
-SYNTHETIC = [v for v in VARIANTS if needs_synthetic(config["variants"][v])]
-PACKED = [v for v in VARIANTS if config["variants"][v]["weight_bits"] <= 4]  # variants with 4-bit weights to pack
+CALIBRATED = [v for v in VARIANTS if needs_calibration(RECIPES[v])]
+MIXED = [v for v in VARIANTS if RECIPES[v]["mixed"]]
+SYNTHETIC = [v for v in VARIANTS if needs_synthetic(RECIPES[v])]
+PACKED = [v for v in VARIANTS if RECIPES[v]["weight_bits"] <= 4]  # variants with 4-bit weights to pack
 if CALIBRATED and not Path(CALIBRATION["annotations"]).is_file():
     fail(
         f"calibration annotations not found: {CALIBRATION['annotations']} (needed by {', '.join(CALIBRATED)}; "

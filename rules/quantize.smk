@@ -108,10 +108,10 @@ rule quantize_weights:
     conda:
         "../envs/torch.yaml"
     params:
-        settings=lambda wc: config["variants"][wc.variant],
+        settings=lambda wc: RECIPES[wc.variant],
         head=config["head"],
         imgsz=config["imgsz"],
-        calibration_images=CALIBRATION["max_images"],
+        calibration_limit=CALIBRATION["max_images"],
         device=config["device"],
     script:
         "../scripts/quantize_weights.py"

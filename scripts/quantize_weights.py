@@ -17,9 +17,9 @@ run_rule(
         "ids": sm.input.calibration_ids,
         "annotations": sm.input.calibration_annotations,
         "images": sm.input.calibration_images,
-        "limit": sm.params.calibration_images,
+        "limit": sm.params.calibration_limit,
     }
-    if "calibration_ids" in sm.input
+    if sm.input.get("calibration_ids")  # Snakemake's Namedlist: `in` would test values, not names
     else None,
     sensitivity=sm.input.get("sensitivity"),
     synthetic=sm.input.get("synthetic"),

@@ -120,10 +120,11 @@ def start_artifacts(out: Path) -> tuple[subprocess.Popen, Path]:
     """With the project venv: seeded YOLOv10n -> W4 RTN state dict -> FP and QCDQ ONNX + export JSONs."""
     code = textwrap.dedent(
         f"""
+        from yolo_w4.config import default_recipe
         from yolo_w4.steps_torch import export_step, quantize_step, seeded_step
         out = {str(out)!r}
         seeded_step(out + "/yolov10n-seed0.pt", "yolov10n.yaml", 0)
-        quantize_step(out + "/yolov10n-seed0.pt", out + "/{W4}.pt", "{W4}", {{}}, head="one2one", imgsz={IMGSZ}, device="cpu")
+        quantize_step(out + "/yolov10n-seed0.pt", out + "/{W4}.pt", "{W4}", default_recipe(), head="one2one", imgsz={IMGSZ}, device="cpu")
         export_step(out + "/yolov10n-seed0.pt", out + "/fp.onnx", out + "/fp.json", imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})
         export_step(out + "/yolov10n-seed0.pt", out + "/{W4}.onnx", out + "/{W4}.json", quantized=out + "/{W4}.pt",
                     imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})

@@ -216,13 +216,14 @@ def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head
     """
     from ultralytics import YOLO
 
+    from yolo_w4.config import default_recipe
     from yolo_w4.steps_onnxruntime import pack_step
     from yolo_w4.steps_torch import export_step, quantize_step
 
     path = shared(*checkpoint)
     names = load_detector(path, head).names
     export_step(path, tmp_path / "fp.onnx", tmp_path / "fp.json", head=head)
-    quantize_step(path, tmp_path / "w4.pt", "w4a16_rtn", {}, head=head, device="cpu")
+    quantize_step(path, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), head=head, device="cpu")
     export_step(path, tmp_path / "w4.onnx", tmp_path / "w4.json", quantized=tmp_path / "w4.pt", head=head)
     pack_step(tmp_path / "w4.onnx", tmp_path / "w4-int4.onnx", tmp_path / "w4-int4.json")
     images = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[:4]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from yolo_w4.checkpoint import load_detector
+from yolo_w4.config import default_recipe
 from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.parity import compare_outputs
 from yolo_w4.quantize import conv_layers, quantize_weights
@@ -28,7 +29,7 @@ def torch_output(model, tensor):
 
 @pytest.fixture(scope="module")
 def w4(detector):
-    return quantize_weights(detector.model, {})
+    return quantize_weights(detector.model, default_recipe())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_qcdq_graph_has_one_clip_and_dequantize_per_quantized_conv(w4, w4_onnx):
 )
 def test_clip_range_follows_the_settings(detector, tmp_path, settings, expected):
     path = tmp_path / "q.onnx"
-    export_qcdq(quantize_weights(detector.model, settings), path)
+    export_qcdq(quantize_weights(detector.model, default_recipe(**settings)), path)
     assert onnx_summary(path)["weight_clip_ranges"] == expected
 
 
@@ -75,7 +76,7 @@ def test_fp_and_w4_parity_elementwise_on_the_one2many_head(seeded_checkpoint, co
     export_fp(detector.model, tmp_path / "fp.onnx")
     fp = compare_outputs(torch_output(detector.model, tensor), ort_output(tmp_path / "fp.onnx", tensor), "one2many")
     assert fp["sqnr_db"] >= 80, fp
-    w4 = quantize_weights(detector.model, {})
+    w4 = quantize_weights(detector.model, default_recipe())
     export_qcdq(w4, tmp_path / "w4.onnx")
     q = compare_outputs(torch_output(w4, tensor), ort_output(tmp_path / "w4.onnx", tensor), "one2many")
     assert q["sqnr_db"] >= 80, q

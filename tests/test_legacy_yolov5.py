@@ -30,9 +30,9 @@ def test_yolov5_has_no_nms_free_head():
 def test_yolov5n_fp_map_on_the_shared_val_images_is_the_published_level(tmp_path):
     """0.30 mAP50-95 on the 158 val2017 images (the checkpoint's own report: 28.0 on all 5,000)."""
     from yolo_w4.coco_subset import load_coco, select_image_ids
-    from yolo_w4.evaluate import category_ids, predict_images, score, to_coco_results
+    from yolo_w4.evaluate import category_ids, score, to_coco_results
     from yolo_w4.export import export_fp
-    from yolo_w4.runtime import create_session
+    from yolo_w4.runtime import create_session, predict_images
 
     detector = load_detector(shared(*YOLOV5N), "one2many")
     export_fp(detector.model, tmp_path / "yolov5n.onnx")

@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from yolo_w4.config import default_recipe
 from yolo_w4.errors import UserError
 from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.pack_int4 import pack_int4, pack_nibbles
@@ -41,7 +42,7 @@ def exported(detector, tmp_path_factory):
     paths = {}
     for name, (settings, precision) in variants.items():
         paths[name] = folder / f"{name}.onnx"
-        export_qcdq(quantize_weights(detector.model, settings), paths[name], precision=precision)
+        export_qcdq(quantize_weights(detector.model, default_recipe(**settings)), paths[name], precision=precision)
     return paths
 
 

@@ -6,11 +6,13 @@ import torch
 from conftest import VAL_IMAGES, shared
 from test_legacy_yolov5 import YOLOV5N
 from yolo_w4.checkpoint import load_detector
+from yolo_w4.config import default_recipe
 from yolo_w4.errors import UserError
 from yolo_w4.parity import sqnr_db
 from yolo_w4.preprocess import load_input
-from yolo_w4.ptq import calibrate, collect_input_stats, gptq, integer_range, output_aware_scale
+from yolo_w4.ptq import collect_input_stats, gptq, integer_range, output_aware_scale
 from yolo_w4.quantize import conv_layers, quantizable_layers, quantization_summary, quantize_weights
+from yolo_w4.recipe import apply_calibration
 from yolo_w4.sensitivity import choose_high_precision, dense_output, layer_sensitivity
 
 TRAIN_IMAGES = ("coco2017", "source-data", "train2017")
@@ -44,7 +46,7 @@ def output_sqnr(fp_model, model, images):
 
 def test_gptq_lowers_the_layer_output_error_not_the_weight_error(proxy, calibration):
     name = "model.8.m.0.cv2.conv"  # a 3x3 conv deep in the backbone
-    model = quantize_weights(proxy.model, {})
+    model = quantize_weights(proxy.model, default_recipe())
     conv = conv_layers(model)[name]
     stats = collect_input_stats(model, {name: conv}, 8, calibration, second_moment=True)[name]
     W = conv_layers(proxy.model)[name].weight.detach().reshape(1, conv.out_channels, -1)
@@ -69,7 +71,7 @@ def test_gptq_lowers_the_layer_output_error_not_the_weight_error(proxy, calibrat
 
 def test_output_aware_scale_lowers_each_channels_output_error(proxy, calibration):
     name = "model.8.m.0.cv2.conv"
-    model = quantize_weights(proxy.model, {"scale": "output"})
+    model = quantize_weights(proxy.model, default_recipe(scale="output"))
     conv = conv_layers(model)[name]
     H = collect_input_stats(model, {name: conv}, 8, calibration, second_moment=True)[name].hessian.float()
     W = conv_layers(proxy.model)[name].weight.detach().reshape(1, conv.out_channels, -1)
@@ -88,7 +90,7 @@ def test_output_aware_scale_lowers_each_channels_output_error(proxy, calibration
 
 def test_bias_correction_removes_the_mean_output_shift(proxy, calibration):
     """First conv: its input is the image, so FP and quantized layers see the same data."""
-    model = quantize_weights(proxy.model, {})
+    model = quantize_weights(proxy.model, default_recipe())
     fp_conv, q_conv = conv_layers(proxy.model)["model.0.conv"], conv_layers(model)["model.0.conv"]
 
     def mean_shift():
@@ -97,16 +99,24 @@ def test_bias_correction_removes_the_mean_output_shift(proxy, calibration):
         return torch.stack(diffs).mean(0).abs()
 
     before = mean_shift()
-    records = calibrate(proxy.model, model, calibration, "rtn", True, bits_of(proxy.model))
+    records = apply_calibration(
+        proxy.model, model, calibration, default_recipe(bias_correction="empirical"), bits_of(proxy.model)
+    )
     after = mean_shift()
     assert before.max() > 1e-3 and after.max() < 1e-4 * max(1.0, float(before.max()) * 10)
     assert records["model.0.conv"]["weights_changed"] == 0 and records["model.0.conv"]["bias_shift_max"] > 0
 
 
 def test_calibrated_ptq_beats_round_to_nearest_on_held_out_images(proxy, calibration, held_out):
-    rtn = quantize_weights(proxy.model, {})
-    calibrated = quantize_weights(proxy.model, {})
-    calibrate(proxy.model, calibrated, calibration, "gptq", True, bits_of(proxy.model))
+    rtn = quantize_weights(proxy.model, default_recipe())
+    calibrated = quantize_weights(proxy.model, default_recipe())
+    apply_calibration(
+        proxy.model,
+        calibrated,
+        calibration,
+        default_recipe(method="gptq", bias_correction="empirical"),
+        bits_of(proxy.model),
+    )
     rtn_db, ours_db = output_sqnr(proxy.model, rtn, held_out), output_sqnr(proxy.model, calibrated, held_out)
     assert ours_db > rtn_db + 3, (rtn_db, ours_db)
     summary = quantization_summary(calibrated)
@@ -116,9 +126,9 @@ def test_calibrated_ptq_beats_round_to_nearest_on_held_out_images(proxy, calibra
 def test_gptq_result_survives_the_state_dict_round_trip(proxy, calibration, tmp_path, held_out):
     from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
 
-    settings = {"method": "gptq", "bias_correction": "empirical"}
+    settings = default_recipe(method="gptq", bias_correction="empirical")
     model = quantize_weights(proxy.model, settings)
-    calibrate(proxy.model, model, calibration[:2], "gptq", True, bits_of(proxy.model))
+    apply_calibration(proxy.model, model, calibration[:2], settings, bits_of(proxy.model))
     save_quantized(tmp_path / "q.pt", model, proxy, "w4a16_gptq", settings)
     rebuilt, _, _ = load_quantized(tmp_path / "q.pt", shared(*YOLOV5N))
     with torch.no_grad():
@@ -133,7 +143,7 @@ def test_sensitivity_ranking_is_reproducible_and_mixed_precision_keeps_its_budge
     for budget in (0.9, 0.95):
         high = choose_high_precision(first, budget)
         assert high, "some layers fit in the 8-bit budget"
-        model = quantize_weights(proxy.model, {"layer_bits": {name: 8 for name in high}})
+        model = quantize_weights(proxy.model, default_recipe(layer_bits={name: 8 for name in high}))
         fraction = quantization_summary(model)["weights_4bit_fraction"]
         assert budget <= fraction < 1.0
         assert {layer["bits"] for layer in quantization_summary(model)["layers"]} == {4, 8}
@@ -156,7 +166,7 @@ def test_calibration_images_must_not_be_evaluation_images(tmp_path):
 def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
     """No images: the checkpoint's BN statistics give each covered conv's input mean."""
     from yolo_w4.checkpoint import unpickle_checkpoint
-    from yolo_w4.data_free import bn_bias_correction, expected_activation, input_means
+    from yolo_w4.data_free import bias_shifts, expected_activation, input_means
 
     # E[SiLU(z)], z ~ N(0.5, 2^2), against a Monte-Carlo estimate
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 0.5
@@ -166,9 +176,9 @@ def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
     checkpoint = unpickle_checkpoint(shared(*YOLOV5N))
     means = input_means(checkpoint["model"].float().eval())
     assert 35 <= len(means) < len(quantizable_layers(proxy.model)), "most, not all, convs are covered"
-    rtn = quantize_weights(proxy.model, {})
-    corrected = quantize_weights(proxy.model, {})
-    shifts = bn_bias_correction(corrected, proxy.model, means)
+    rtn = quantize_weights(proxy.model, default_recipe())
+    corrected = quantize_weights(proxy.model, default_recipe())
+    shifts = bias_shifts(corrected, proxy.model, means)
     assert set(shifts) == set(means) and max(shifts.values()) > 0
     # On real images, the layers' mean output shift (same FP input to both) shrinks.
     name = "model.1.conv"
@@ -200,7 +210,7 @@ def test_upstream_target_is_the_fp_weight_when_inputs_agree_and_moves_when_they_
     """fp_target solves argmin_V E||W x_fp - V x||²: W itself when x == x_fp (the image, stage 0)."""
     from yolo_w4.ptq import StagedActivations, collect_paired_stats
 
-    model = quantize_weights(proxy.model, {})
+    model = quantize_weights(proxy.model, default_recipe())
     fp_layers, q_layers = conv_layers(proxy.model), conv_layers(model)
     fp_acts, q_acts = StagedActivations(proxy.model, calibration[:2]), StagedActivations(model, calibration[:2])
     first = collect_paired_stats(fp_acts, q_acts, fp_layers, {"model.0.conv": q_layers["model.0.conv"]})["model.0.conv"]
@@ -216,27 +226,29 @@ def test_upstream_target_is_the_fp_weight_when_inputs_agree_and_moves_when_they_
 
 
 def test_upstream_compensation_beats_plain_gptq_on_held_out_images(proxy, calibration, held_out):
-    plain = quantize_weights(proxy.model, {"scale": "mse"})
-    calibrate(proxy.model, plain, calibration, "gptq", False, bits_of(proxy.model))
-    compensated = quantize_weights(proxy.model, {"scale": "mse"})
-    records = calibrate(
-        proxy.model, compensated, calibration, "gptq", False, bits_of(proxy.model), compensate_upstream=True
-    )
+    plain = quantize_weights(proxy.model, default_recipe(scale="mse"))
+    apply_calibration(proxy.model, plain, calibration, default_recipe(method="gptq", scale="mse"), bits_of(proxy.model))
+    compensated = quantize_weights(proxy.model, default_recipe(scale="mse"))
+    upstream = default_recipe(method="gptq", scale="mse", compensate_upstream=True)
+    records = apply_calibration(proxy.model, compensated, calibration, upstream, bits_of(proxy.model))
     assert set(records) == set(quantizable_layers(proxy.model))
     plain_db, ours_db = output_sqnr(proxy.model, plain, held_out), output_sqnr(proxy.model, compensated, held_out)
     assert ours_db > plain_db + 0.5, (plain_db, ours_db)
 
 
 def test_adaround_learns_a_rounding_that_lowers_each_stages_error(proxy, calibration):
-    from yolo_w4.reconstruct import reconstruct
+    from yolo_w4.reconstruct import apply_adaround
 
-    model = quantize_weights(proxy.model, {})
+    model = quantize_weights(proxy.model, default_recipe())
     rtn = {
         name: conv.quant_weight().value.detach()
         for name, conv in conv_layers(model).items()
         if name.startswith("model.2.")
     }
-    records = reconstruct(proxy.model, model, calibration[:4], bits_of(proxy.model), iterations=40, stages=[2])
+    options = {**default_recipe()["adaround"], "iterations": 40}
+    records = apply_adaround(
+        proxy.model, model, calibration[:4], bits=bits_of(proxy.model), narrow_range=True, stages=[2], **options
+    )
     assert set(records) == set(rtn)
     record = records["model.2.cv1.conv"]
     assert record["stage_error"] < 0.8 * record["stage_error_rtn"], record

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from yolo_w4.config import default_recipe
 from yolo_w4.errors import UserError
 from yolo_w4.quantize import conv_layers, quantization_summary, quantize_weights
 from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
@@ -13,7 +14,7 @@ def integer_weights(module) -> torch.Tensor:
 
 
 def test_every_conv_but_dfl_gets_4_bit_per_channel_weights(detector):
-    model = quantize_weights(detector.model, {})
+    model = quantize_weights(detector.model, default_recipe())
     layers = conv_layers(model)
     dfl = [name for name in layers if name.endswith(".dfl.conv")]
     assert dfl == ["model.23.dfl.conv"]
@@ -34,7 +35,7 @@ def test_every_conv_but_dfl_gets_4_bit_per_channel_weights(detector):
 
 
 def test_quantization_changes_outputs_but_keeps_dfl_exact(detector, coco_photo):
-    model = quantize_weights(detector.model, {})
+    model = quantize_weights(detector.model, default_recipe())
     dfl_fp = conv_layers(detector.model)["model.23.dfl.conv"].weight
     assert torch.equal(conv_layers(model)["model.23.dfl.conv"].weight, dfl_fp)
     x = torch.from_numpy(coco_photo[0])
@@ -43,7 +44,7 @@ def test_quantization_changes_outputs_but_keeps_dfl_exact(detector, coco_photo):
 
 
 def test_keep_float_globs_leave_layers_unquantized(detector):
-    model = quantize_weights(detector.model, {"keep_float": ["model.0.conv", "model.23.one2one_cv3.*"]})
+    model = quantize_weights(detector.model, default_recipe(keep_float=["model.0.conv", "model.23.one2one_cv3.*"]))
     summary = quantization_summary(model)
     floats = {layer["name"] for layer in summary["layers"] if layer["bits"] is None}
     assert "model.0.conv" in floats and "model.23.dfl.conv" in floats
@@ -60,15 +61,15 @@ def test_keep_float_globs_leave_layers_unquantized(detector):
     ],
 )
 def test_settings_change_the_integer_grid(detector, settings, low, high):
-    module = conv_layers(quantize_weights(detector.model, settings))["model.2.cv1.conv"]
+    module = conv_layers(quantize_weights(detector.model, default_recipe(**settings)))["model.2.cv1.conv"]
     ints = integer_weights(module)
     assert low <= ints.min() and ints.max() <= high
     assert ints.min() == low or ints.max() == high, "the grid's ends are used"
 
 
 def test_mse_scale_clips_tighter_than_minmax(detector):
-    minmax = conv_layers(quantize_weights(detector.model, {"scale": "minmax"}))["model.2.cv1.conv"]
-    mse = conv_layers(quantize_weights(detector.model, {"scale": "mse"}))["model.2.cv1.conv"]
+    minmax = conv_layers(quantize_weights(detector.model, default_recipe(scale="minmax")))["model.2.cv1.conv"]
+    mse = conv_layers(quantize_weights(detector.model, default_recipe(scale="mse")))["model.2.cv1.conv"]
     assert (mse.quant_weight().scale <= minmax.quant_weight().scale + 1e-12).all()
     assert (mse.quant_weight().scale < minmax.quant_weight().scale).any()
 
@@ -77,11 +78,11 @@ def test_quantize_refuses_a_half_precision_model(detector):
     import copy
 
     with pytest.raises(ValueError, match="quantize in FP32"):
-        quantize_weights(copy.deepcopy(detector.model).half(), {})
+        quantize_weights(copy.deepcopy(detector.model).half(), default_recipe())
 
 
 def test_state_dict_round_trip_is_bit_for_bit(detector, seeded_checkpoint, coco_photo, tmp_path):
-    settings = {"weight_bits": 4, "scale": "mse"}
+    settings = default_recipe(scale="mse")
     model = quantize_weights(detector.model, settings)
     record = save_quantized(tmp_path / "w4.pt", model, detector, "w4a16", settings)
     assert record["checkpoint"]["sha256"] == detector.sha256
@@ -96,7 +97,7 @@ def test_state_dict_round_trip_is_bit_for_bit(detector, seeded_checkpoint, coco_
 def test_state_dict_refuses_a_different_checkpoint(detector, tmp_path):
     from yolo_w4.seeded import build_seeded_checkpoint
 
-    save_quantized(tmp_path / "w4.pt", quantize_weights(detector.model, {}), detector, "w4a16", {})
+    save_quantized(tmp_path / "w4.pt", quantize_weights(detector.model, default_recipe()), detector, "w4a16", {})
     other = build_seeded_checkpoint(tmp_path / "other.pt", "yolov10n.yaml", seed=1)
     with pytest.raises(UserError, match="was made from a checkpoint with sha256"):
         load_quantized(tmp_path / "w4.pt", other)

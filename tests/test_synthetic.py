@@ -7,10 +7,10 @@ from conftest import shared
 from test_legacy_yolov5 import YOLOV5N
 from test_ptq import bits_of, held_out, output_sqnr, proxy  # noqa: F401 - fixtures
 from yolo_w4.checkpoint import unfused_model
-from yolo_w4.config import check_variant
+from yolo_w4.config import check_variant, default_recipe
 from yolo_w4.errors import UserError
-from yolo_w4.ptq import calibrate
 from yolo_w4.quantize import quantize_weights
+from yolo_w4.recipe import apply_calibration
 from yolo_w4.synthetic import as_calibration, batchnorm_layers, load_synthetic, statistics_loss, synthesize_images
 
 
@@ -42,18 +42,20 @@ def test_synthesized_images_carry_the_batchnorm_statistics(unfused):
 def test_gptq_on_synthetic_images_beats_round_to_nearest_on_real_images(proxy, unfused, held_out):  # noqa: F811
     """Not one real image in calibration, yet the output error on real photos drops."""
     synthetic = as_calibration(synthesize_images(unfused, count=8, imgsz=320, steps=60, seed=0))
-    rtn = quantize_weights(proxy.model, {"scale": "mse"})
-    calibrated = quantize_weights(proxy.model, {"scale": "mse"})
-    calibrate(proxy.model, calibrated, synthetic, "gptq", False, bits_of(proxy.model))
+    rtn = quantize_weights(proxy.model, default_recipe(scale="mse"))
+    calibrated = quantize_weights(proxy.model, default_recipe(scale="mse"))
+    apply_calibration(
+        proxy.model, calibrated, synthetic, default_recipe(method="gptq", scale="mse"), bits_of(proxy.model)
+    )
     rtn_db, ours_db = output_sqnr(proxy.model, rtn, held_out), output_sqnr(proxy.model, calibrated, held_out)
     assert ours_db > rtn_db + 3, (rtn_db, ours_db)
 
 
 def test_synthetic_source_needs_a_calibrated_method_batchnorm_and_a_synthetic_file(tmp_path):
     with pytest.raises(UserError, match="calibration_source: synthetic needs a calibrated method") as error:
-        check_variant("w4", {"method": "rtn", "calibration_source": "synthetic"})
+        check_variant("w4", default_recipe(calibration_source="synthetic"))
     assert "\n" not in str(error.value)
-    check_variant("w4", {"method": "gptq", "calibration_source": "synthetic"})
+    check_variant("w4", default_recipe(method="gptq", calibration_source="synthetic"))
     with pytest.raises(UserError, match=r"no BatchNorm layers .* calibration_source: images"):
         synthesize_images(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), count=1, imgsz=32, steps=1)
     wrong = tmp_path / "wrong.pt"

@@ -71,7 +71,9 @@ VARIANTS = {
 
 
 def settings_of(variant):
-    return {"weight_bits": 4, "narrow_range": True, "symmetric": True, **VARIANTS[variant]}
+    from yolo_w4.config import default_recipe
+
+    return default_recipe(**VARIANTS[variant])
 
 
 def test_resolve_torch_device():
@@ -95,13 +97,13 @@ def test_resolve_torch_device():
 def test_explicit_cpu_is_the_default(small_detector, images, variant):
     """device='cpu' changes nothing: same records, same state dict, everything back on the CPU in FP32."""
     from yolo_w4.quantize import quantize_weights
-    from yolo_w4.steps_torch import calibrated_ptq
+    from yolo_w4.recipe import apply_calibration
 
     fp_model, settings = small_detector.model, settings_of(variant)
     default_model, cpu_model = quantize_weights(fp_model, settings), quantize_weights(fp_model, settings)
     fresh = quantize_weights(fp_model, settings).state_dict()
-    default = calibrated_ptq(fp_model, default_model, images, settings, bits_of(fp_model))
-    explicit = calibrated_ptq(fp_model, cpu_model, images, settings, bits_of(fp_model), device="cpu")
+    default = apply_calibration(fp_model, default_model, images, settings, bits_of(fp_model))
+    explicit = apply_calibration(fp_model, cpu_model, images, settings, bits_of(fp_model), device="cpu")
     assert default == explicit and default
     ours, theirs = default_model.state_dict(), cpu_model.state_dict()
     assert list(ours) == list(theirs) == list(fresh)
@@ -115,30 +117,35 @@ def test_explicit_cpu_is_the_default(small_detector, images, variant):
 def test_ptq_code_gives_every_tensor_it_creates_a_device(small_detector, seeded_checkpoint, images):
     """No factory without `device=` in our code on the calibrated, sensitivity and data-free paths."""
     from yolo_w4.checkpoint import unfused_model
-    from yolo_w4.data_free import bn_bias_correction, input_means
+    from yolo_w4.data_free import apply_bn_bias_correction
     from yolo_w4.quantize import quantize_weights
+    from yolo_w4.recipe import apply_calibration
     from yolo_w4.sensitivity import layer_sensitivity
-    from yolo_w4.steps_torch import calibrated_ptq
 
     fp_model = small_detector.model
     models = {variant: quantize_weights(fp_model, settings_of(variant)) for variant in VARIANTS}
     unfused = unfused_model(seeded_checkpoint)
     with FactoriesWithoutDevice() as mode:
         for variant, model in models.items():
-            calibrated_ptq(fp_model, model, images, settings_of(variant), bits_of(fp_model), device="cpu")
+            apply_calibration(fp_model, model, images, settings_of(variant), bits_of(fp_model), device="cpu")
         layer_sensitivity(fp_model, images, IMGSZ)
-        bn_bias_correction(models["adaround"], fp_model, input_means(unfused, IMGSZ))
+        apply_bn_bias_correction(models["adaround"], fp_model, unfused, imgsz=IMGSZ)
     assert not mode.calls, "tensors created without a device:\n" + "\n".join(mode.calls)
 
 
 def test_quantize_step_records_the_device(seeded_checkpoint, tmp_path):
+    from yolo_w4.config import default_recipe
     from yolo_w4.steps_torch import quantize_step
 
-    record = quantize_step(seeded_checkpoint, tmp_path / "w4.pt", "w4a16", {}, imgsz=IMGSZ, device="cpu")
+    record = quantize_step(
+        seeded_checkpoint, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ, device="cpu"
+    )
     assert record["settings"]["device"] == "cpu"
-    record = quantize_step(seeded_checkpoint, tmp_path / "auto.pt", "w4a16", {}, imgsz=IMGSZ)
+    record = quantize_step(seeded_checkpoint, tmp_path / "auto.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ)
     assert record["settings"]["device"] == resolve_torch_device("auto")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="PyTorch sees no CUDA device"):
-            quantize_step(seeded_checkpoint, tmp_path / "cuda.pt", "w4a16", {}, imgsz=IMGSZ, device="cuda")
+            quantize_step(
+                seeded_checkpoint, tmp_path / "cuda.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ, device="cuda"
+            )
         assert not (tmp_path / "cuda.pt").exists()

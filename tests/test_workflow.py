@@ -54,16 +54,13 @@ def run(tmp_path_factory):
         "method": "gptq",
         "scale": "output",
         "bias_correction": "empirical",
-        "mixed": {"min_4bit_fraction": 0.9},
+        "mixed": {"min_4bit_fraction": 0.9, "high_bits": 8},
     }
     config = small_config(
         run_id,
         smoke={"image": str(photo), "runs": 3, "warmup": 1},
-        variants={
-            "w8a16": {"weight_bits": 8},
-            "w4a16_mixed": calibrated,
-            "w4a16_bn": {"bias_correction": "bn"},
-        },
+        build=["w4a16", "w8a16", "w4a16_mixed", "w4a16_bn"],  # w8a16, w4a16_bn from the catalog
+        variants={"w4a16_mixed": calibrated},  # a recipe added to the catalog by a user's config
         calibration={
             "images": str(shared(*TRAIN_IMAGES)),
             "annotations": str(shared(*TRAIN_ANNOTATIONS)),
@@ -115,7 +112,7 @@ def test_export_records_clip_ranges_and_node_counts(run):
     assert w4["weight_clip_ranges"] == [[-7, 7]] and w8["weight_clip_ranges"] == [[-127, 127]]
     assert w4["node_counts"]["DequantizeLinear"] == w4["node_counts"]["Clip"] == w4["node_counts"]["Conv"] - 1
     assert w4["inputs"]["checkpoint"]["sha256"] == w4["checkpoint"]["sha256"]
-    assert w4["config"]["variants"]["w4a16"]["weight_bits"] == 4
+    assert w4["settings"]["weight_bits"] == 4 and w4["settings"]["method"] == "gptq"
 
 
 def test_smoke_json_says_what_ran_and_how_close_it_is(run):
@@ -170,6 +167,14 @@ def test_lint_is_clean():
         ({"device": "gpu"}, "error: invalid config at device: 'gpu' is not one of"),
         ({"variants": {"w3": {"weight_bits": 1}}}, "error: invalid config at variants.w3.weight_bits: 1 is less than"),
         ({"variants": {"fp": {}}}, "error: invalid config at variants: the name fp is reserved for the FP baseline"),
+        (
+            {"build": ["w4a16", "w5"]},
+            "error: invalid config at build: w5 is not a recipe in `variants` (the catalog has ",
+        ),
+        (
+            {"variants": {"w4m": {"mixed": {"min_4bit_fraction": 0.9}}}},
+            "error: invalid config at variants.w4m.mixed: 'high_bits' is a required",
+        ),
         (
             {"checkpoint": "models/yolo{v10}m.pt"},
             "error: checkpoint: models/yolo{v10}m.pt contains { or }, which Snakemake reads",
@@ -304,7 +309,7 @@ def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(ru
     eight_bit = saved["settings"]["layer_bits"]
     assert eight_bit and set(eight_bit.values()) == {8}
     assert set(eight_bit) <= {r["layer"] for r in ranking}
-    assert saved["settings"]["calibration_images"] == 4
+    assert saved["settings"]["calibration_image_count"] == 4
     assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
     metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16_mixed.json").read_text())
     assert 0.9 <= metrics["weights_4bit_fraction"] < 1.0 and metrics["ptq_seconds"] > 0
@@ -319,7 +324,7 @@ def test_data_free_variant_needs_no_calibration_images(run):
 
     results, _, _ = run
     saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16_bn-ptq.pt", weights_only=True)
-    assert "calibration_images" not in saved["settings"]
+    assert "calibration_image_count" not in saved["settings"]
     corrected = [name for name, record in saved["calibration"].items() if record.get("bn_bias_shift_max", 0) > 0]
     assert len(corrected) >= 10, "YOLOv10n convs fed directly by Conv blocks get a BN-derived correction"
 
@@ -334,7 +339,7 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
     assert len(synthetic["inputs"]["checkpoint"]["sha256"]) == 64 and synthetic["settings"]["steps"] == 3
     assert (results / "calibration" / "yolov10n-seed0-synthetic.png").stat().st_size > 1000
     saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16-ptq.pt", weights_only=True)
-    assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_images"] == 2
+    assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_image_count"] == 2
     assert (
         saved["settings"]["ptq_seconds"] >= saved["settings"]["synthesis_seconds"] == synthetic["settings"]["seconds"]
     )

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from yolo_w4.config import DEFAULT_CONFIG
 from yolo_w4.errors import UserError
 from yolo_w4.names import FP
 
@@ -30,7 +31,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="one2one (default) or one2many; with --quantized the quantized file's head, which this must not contradict",
     )
-    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--imgsz", type=int, help="input side in pixels (default: the config's imgsz)")
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="a workflow config laid over config/config.yaml, as Snakemake does",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,29 +52,37 @@ def build_parser() -> argparse.ArgumentParser:
         "synthesize", help="checkpoint -> data-free calibration images (BatchNorm statistics)"
     )
     _common(synthesize)
-    synthesize.add_argument("--images", type=int, default=8)
-    synthesize.add_argument("--steps", type=int, default=200, help="optimiser steps per batch of 8 images")
-    synthesize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.add_argument("--images", type=int, help="default: the config's calibration.synthetic.images")
+    synthesize.add_argument("--steps", type=int, help="optimiser steps per batch of 8 images (default: the config's)")
+    synthesize.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's device")
+    synthesize.add_argument("--seed", type=int, help="default: the config's calibration.synthetic.seed")
     synthesize.add_argument("--out", required=True)
 
-    quantize = commands.add_parser("quantize", help="checkpoint -> quantized state dict")
+    quantize = commands.add_parser(
+        "quantize",
+        help="checkpoint -> quantized state dict, by a recipe of the config's catalog (default: the workflow's)",
+    )
     _common(quantize)
-    quantize.add_argument("--variant", default="w4a16")
-    quantize.add_argument("--bits", type=int, default=4)
     quantize.add_argument(
-        "--method",
-        choices=("rtn", "gptq"),
-        default="rtn",
-        help="gptq needs --synthetic (real images: use the workflow)",
+        "--variant", help="recipe name from the config's `variants` catalog (default: the first of its `build`)"
     )
-    quantize.add_argument("--synthetic", help="calibration images from `synthesize` (for --method gptq)")
+    quantize.add_argument("--bits", type=int, help="override weight_bits")
+    quantize.add_argument("--method", choices=("rtn", "gptq", "adaround"), help="override method")
+    quantize.add_argument("--scale", choices=("minmax", "mse", "output"), help="override scale")
+    quantize.add_argument("--bias-correction", choices=("none", "bn", "empirical"), help="override bias_correction")
     quantize.add_argument(
-        "--scale", choices=("minmax", "mse"), default="minmax", help="calibrated scales: use the workflow"
+        "--compensate-upstream", action=argparse.BooleanOptionalAction, help="override compensate_upstream"
     )
-    quantize.add_argument("--asymmetric", action="store_true")
-    quantize.add_argument("--full-range", action="store_true", help="use -8..7 instead of -7..7 at 4 bits")
-    quantize.add_argument("--keep-float", action="append", default=[], metavar="GLOB")
+    quantize.add_argument("--asymmetric", action="store_true", help="override symmetric: false")
+    quantize.add_argument("--full-range", action="store_true", help="override narrow_range: false (-8..7 at 4 bits)")
+    quantize.add_argument("--keep-float", action="append", metavar="GLOB", help="override keep_float (repeatable)")
+    quantize.add_argument("--synthetic", help="distilled calibration images from `synthesize` (else distilled here)")
+    quantize.add_argument("--calibration-images", help="folder of real calibration images (calibrates on them)")
+    quantize.add_argument("--calibration-annotations", help="their COCO annotation file (lists the image files)")
+    quantize.add_argument(
+        "--sensitivity", help="layer sensitivity CSV (the layer_sensitivity rule's) for mixed recipes"
+    )
+    quantize.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where calibrated PTQ runs")
     quantize.add_argument("--out", required=True)
 
     export = commands.add_parser("export", help="FP or quantized model -> ONNX (QCDQ when --quantized)")
@@ -87,101 +101,186 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--quantized")
     smoke.add_argument("--variant", default=None, help="name in the JSON (default: fp or the quantized variant)")
     smoke.add_argument("--image", default=None, help="photo to detect on (default: Ultralytics' bus.jpg)")
-    smoke.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    smoke.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's device")
     smoke.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    smoke.add_argument("--runs", type=int, default=20)
+    smoke.add_argument("--runs", type=int, help="timed runs (default: the config's smoke.runs)")
     smoke.add_argument("--out", required=True)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     from yolo_w4 import steps_torch as steps
+    from yolo_w4.config import load_config
 
-    config = {k: v for k, v in vars(args).items() if k != "command"}
+    config = load_config(args.config) if hasattr(args, "config") else None
+    record = {k: v for k, v in vars(args).items() if k != "command"}  # what the JSONs say was asked
+    imgsz = (args.imgsz or config["imgsz"]) if config else None
+    trust = getattr(args, "trust_checkpoint", False) or (config["trust_checkpoint"] if config else False)
     if args.command == "seed":
         steps.seeded_step(args.out, args.arch, args.seed)
     elif args.command == "synthesize":
+        synthetic = config["calibration"]["synthetic"]
         steps.synthesize_step(
             args.checkpoint,
             args.out,
             None,
-            args.images,
-            args.imgsz,
-            args.steps,
-            seed=args.seed,
-            device=args.device,
-            trust=args.trust_checkpoint,
+            _given(args.images, synthetic["images"]),
+            args.imgsz or synthetic["imgsz"] or config["imgsz"],
+            _given(args.steps, synthetic["steps"]),
+            synthetic["lr"],
+            seed=_given(args.seed, synthetic["seed"]),
+            device=args.device or config["device"],
+            trust=trust,
         )
     elif args.command == "quantize":
-        if args.method == "gptq" and not args.synthetic:
-            raise UserError("--method gptq needs calibration images: pass --synthetic FILE (from `synthesize`)")
-        if args.method == "gptq" and args.asymmetric:
-            raise UserError("--method gptq needs a symmetric grid (its grid has no zero point): drop --asymmetric")
-        settings = {
-            "weight_bits": args.bits,
-            "scale": args.scale,
-            "symmetric": not args.asymmetric,
-            "narrow_range": not args.full_range,
-            "keep_float": args.keep_float,
-            "method": args.method,
-        }
-        if args.method == "gptq":
-            settings["calibration_source"] = "synthetic"
-        steps.quantize_step(
-            args.checkpoint,
-            args.out,
-            args.variant,
-            settings,
-            args.head or "one2one",
-            args.imgsz,
-            synthetic=args.synthetic,
-            trust=args.trust_checkpoint,
-        )
+        quantize(args, config, imgsz, trust)
     elif args.command == "export":
-        record = Path(args.out).with_suffix(".json")
         steps.export_step(
             args.checkpoint,
             args.out,
-            record,
+            Path(args.out).with_suffix(".json"),
             args.quantized,
             args.precision,
-            _head(args),
-            args.imgsz,
-            config,
-            trust=args.trust_checkpoint,
+            _head(args, config),
+            imgsz,
+            record,
+            trust=trust,
         )
     elif args.command == "pack":
         from yolo_w4.steps_onnxruntime import pack_step
 
-        pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), config)
+        pack_step(args.onnx, args.out, Path(args.out).with_suffix(".json"), record)
     elif args.command == "smoke":
         variant = args.variant or (FP if not args.quantized else None)
         if variant is None:
             from yolo_w4.quantized_checkpoint import read_record
 
             variant = read_record(args.quantized)["variant"]
+        smoke = config["smoke"]
         steps.smoke_step(
             args.onnx,
             args.checkpoint,
             args.out,
             variant,
             args.quantized,
-            args.image,
-            args.device,
+            args.image or smoke["image"],
+            args.device or config["device"],
             args.precision,
-            args.runs,
-            3,
-            0.25,
-            _head(args),
-            args.imgsz,
-            config,
-            trust=args.trust_checkpoint,
+            _given(args.runs, smoke["runs"]),
+            smoke["warmup"],
+            smoke["conf"],
+            _head(args, config),
+            imgsz,
+            record,
+            trust=trust,
         )
 
 
-def _head(args) -> str | None:
-    """--head as given; unset: the quantized file's head (None), else one2one."""
-    return args.head or (None if args.quantized else "one2one")
+def _given(value, default):
+    """A command-line value if it was given (0 included), else the config's."""
+    return default if value is None else value
+
+
+def cli_recipe(args, config: dict) -> tuple[str, dict]:
+    """(name, settings): the catalog recipe `--variant` (default: the config's first `build`) with flags laid over it."""
+    from yolo_w4.config import check_variant, merge, recipe_settings, validate_config
+
+    name = args.variant or config["build"][0]
+    if name not in config["variants"]:
+        raise UserError(
+            f"--variant {name} is not a recipe in {args.config} (the catalog has {', '.join(config['variants'])})"
+        )
+    overrides = {
+        key: value
+        for key, value in (
+            ("weight_bits", args.bits),
+            ("method", args.method),
+            ("scale", args.scale),
+            ("bias_correction", args.bias_correction),
+            ("compensate_upstream", args.compensate_upstream),
+            ("keep_float", args.keep_float),
+            ("symmetric", False if args.asymmetric else None),
+            ("narrow_range", False if args.full_range else None),
+            ("calibration_source", "synthetic" if args.synthetic else "images" if args.calibration_images else None),
+        )
+        if value is not None
+    }
+    entry = merge(config["variants"][name] or {}, overrides)
+    validate_config(merge(config, {"variants": {name: entry}}))  # flags are checked like config values
+    settings = recipe_settings(merge(config, {"variants": {name: entry}}), name)
+    check_variant(name, settings)
+    return name, settings
+
+
+def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
+    """`quantize`: resolve the recipe, find its calibration images (distilling them if need be), run the step."""
+    import tempfile
+
+    from yolo_w4 import steps_torch as steps
+    from yolo_w4.config import needs_calibration, needs_synthetic
+
+    name, settings = cli_recipe(args, config)
+    head = args.head or config["head"]
+    device = args.device or config["device"]
+    calibration = None
+    with tempfile.TemporaryDirectory() as folder:
+        synthetic = args.synthetic
+        if needs_synthetic(settings) and not synthetic:
+            synthetic = str(Path(folder) / "synthetic.pt")
+            options = config["calibration"]["synthetic"]
+            print(f"{name} calibrates on distilled images: distilling {options['images']} (pass --synthetic to reuse)")
+            steps.synthesize_step(
+                args.checkpoint,
+                synthetic,
+                None,
+                options["images"],
+                options["imgsz"] or imgsz,
+                options["steps"],
+                options["lr"],
+                seed=options["seed"],
+                device=device,
+                trust=trust,
+            )
+        if needs_calibration(settings):
+            calibration = real_calibration(args, config, Path(folder) / "calibration_ids.txt", name)
+        if settings["mixed"] and not args.sensitivity:
+            raise UserError(f"{name} uses mixed precision: pass --sensitivity CSV (the layer_sensitivity rule's table)")
+        steps.quantize_step(
+            args.checkpoint,
+            args.out,
+            name,
+            settings,
+            head,
+            imgsz,
+            calibration=calibration,
+            sensitivity=args.sensitivity,
+            synthetic=synthetic,
+            device=device,
+            trust=trust,
+        )
+
+
+def real_calibration(args, config: dict, ids_file: Path, name: str) -> dict:
+    """Real calibration images: --calibration-images/--calibration-annotations, else the config's `calibration`."""
+    from yolo_w4.calibration import select_calibration
+    from yolo_w4.coco_subset import write_ids
+
+    options = config["calibration"]
+    images = args.calibration_images or options["images"]
+    annotations = args.calibration_annotations or options["annotations"]
+    if not Path(images).is_dir() or not Path(annotations).is_file():
+        raise UserError(
+            f"{name} calibrates on real images, but {images if not Path(images).is_dir() else annotations} is not there: "
+            "pass --calibration-images DIR --calibration-annotations FILE, or --synthetic FILE for data-free images"
+        )
+    ids = select_calibration(annotations, images, options["max_images"], options["image_ids_list"])
+    write_ids(ids_file, ids)
+    return {"ids": ids_file, "annotations": annotations, "images": images, "limit": options["max_images"]}
+
+
+def _head(args, config: dict) -> str | None:
+    """--head as given; unset: the quantized file's head (None), else the config's."""
+    return args.head or (None if args.quantized else config["head"])
 
 
 def main(argv=None) -> int:

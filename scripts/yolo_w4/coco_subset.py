@@ -73,8 +73,6 @@ def select_image_ids(coco: dict, max_images: int, id_list=None, annotations_path
             shown = ", ".join(map(str, unknown[:5])) + (" …" if len(unknown) > 5 else "")
             raise UserError(f"{id_list}: {len(unknown)} image ids are not in {annotations_path} ({shown})")
         return sorted(wanted)
-    if max_images < 1:
-        raise UserError(f"coco.max_images must be at least 1, got {max_images}")
     if not known:
         raise UserError(f"{annotations_path} has no images")
     return known[:max_images]
@@ -109,10 +107,15 @@ def write_subset(annotations, images_dir, ids_out, annotations_out, max_images=1
     ids = select_image_ids(coco, max_images, id_list, annotations)
     part = subset(coco, ids)
     check_images_exist(part, images_dir)
-    with atomic_path(ids_out) as tmp:
-        tmp.write_text("".join(f"{i}\n" for i in ids))
+    write_ids(ids_out, ids)
     write_json(annotations_out, part)
     return {"images": len(ids), "annotations": len(part["annotations"]), "categories": len(part["categories"])}
+
+
+def write_ids(path, ids) -> None:
+    """One image id a line (atomically): the subset and calibration id files."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in ids))
 
 
 def read_ids(path) -> list[int]:

@@ -1,9 +1,12 @@
-"""Validate a workflow config against config/config.schema.yaml and fill in its defaults.
+"""The workflow config: `config/config.yaml` holds every value, `config/config.schema.yaml` checks them.
 
-Snakemake's own `validate` prints the whole schema on failure; users get one line here:
-which key, what is wrong, where the allowed values are described.
+A recipe (one quantized variant) is `variant_defaults` with its catalog entry under
+`variants:` laid over it; `build:` names the recipes a run makes. Snakemake, the command
+line and the benchmarks all resolve recipes here, so a name means the same everywhere.
+Errors are one line: which key, what is wrong, where the allowed values are described.
 """
 
+import copy
 from pathlib import Path
 
 import jsonschema
@@ -12,89 +15,132 @@ import yaml
 from yolo_w4.errors import UserError
 from yolo_w4.names import FP
 
-
-def _with_defaults(validator_class):
-    """A validator that fills `default` values into the instance as it validates."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = _copy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
+SCHEMA = CONFIG_DIR / "config.schema.yaml"
 
 
-def _copy(value):
-    return yaml.safe_load(yaml.safe_dump(value))
+def merge(base: dict, update: dict) -> dict:
+    """`update` laid over a copy of `base`, nested dicts merged key by key (as Snakemake merges configfiles)."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
-def validate_config(config: dict, schema_path) -> dict:
-    """Check `config` in place (defaults added); raise UserError naming the first bad key."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
-    if FP in (config.get("variants") or {}):  # before the schema, whose own words would be "'fp' should not be valid"
-        raise UserError("invalid config at variants: the name fp is reserved for the FP baseline; rename that variant")
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _where(e)))
+def _check_schema(instance, schema: dict, schema_path, prefix: str = "") -> None:
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), _where(e)))
     if errors:
         error = errors[0]
-        message = error.message
-        if error.validator == "additionalProperties":
-            message = f"unknown key: {message}"
-        raise UserError(f"invalid config at {_where(error)}: {message} (allowed keys and values: {schema_path})")
-    for name, settings in config.get("variants", {}).items():
+        message = f"unknown key: {error.message}" if error.validator == "additionalProperties" else error.message
+        where = ".".join(part for part in (prefix, ".".join(map(str, error.absolute_path))) if part)
+        raise UserError(
+            f"invalid config at {where or '(top level)'}: {message} (allowed keys and values: {schema_path})"
+        )
+
+
+def validate_config(config: dict, schema_path=SCHEMA) -> dict:
+    """Check a whole config (config.yaml with any overrides merged in); raise UserError naming the first bad key.
+
+    Every catalog entry is checked as the recipe it resolves to, not only the ones built.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    catalog = config.get("variants") or {}
+    if FP in catalog or FP in (config.get("build") or []):  # before the schema, whose words would be obscure
+        raise UserError("invalid config at variants: the name fp is reserved for the FP baseline; rename that variant")
+    _check_schema(config, schema, schema_path)
+    unknown = [name for name in config["build"] if name not in catalog]
+    if unknown:
+        raise UserError(
+            f"invalid config at build: {unknown[0]} is not a recipe in `variants` "
+            f"(the catalog has {', '.join(catalog)}); add it there or build one of those"
+        )
+    complete = _every_key_required(schema["definitions"]["recipe"])
+    for name in catalog:
+        settings = recipe_settings(config, name)
+        _check_schema(settings, complete, schema_path, prefix=f"variants.{name}")
         check_variant(name, settings)
     return config
 
 
+def _every_key_required(schema: dict) -> dict:
+    """`schema` with every property of every object required: a resolved recipe lacks nothing."""
+    if "properties" not in schema:
+        return schema
+    properties = {key: _every_key_required(value) for key, value in schema["properties"].items()}
+    return {**schema, "properties": properties, "required": list(properties)}
+
+
+def load_config(path=DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    """config.yaml (or `path` laid over it), then `overrides`, validated: what the command line uses."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    if Path(path).resolve() != DEFAULT_CONFIG:
+        if not Path(path).is_file():
+            raise UserError(f"config file not found: {path}")
+        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(merge(config, overrides or {}))
+
+
+def recipe_settings(config: dict, name: str) -> dict:
+    """The complete settings of catalog recipe `name`: variant_defaults with its entry laid over them."""
+    return merge(config["variant_defaults"], config["variants"][name] or {})
+
+
+def default_recipe(**overrides) -> dict:
+    """config.yaml's variant_defaults with `overrides` laid over them (tests and benchmarks)."""
+    return merge(yaml.safe_load(DEFAULT_CONFIG.read_text())["variant_defaults"], overrides)
+
+
 def check_variant(name: str, settings: dict) -> None:
     """Combinations the schema cannot express, refused in one line."""
-    if settings.get("method") == "gptq" and not settings.get("symmetric", True):
-        raise UserError(f"variant {name}: method gptq needs symmetric: true (its grid has no zero point)")
-    if settings.get("calibration_source") == "synthetic" and not calibrated(settings):
+    where = f"invalid config at variants.{name}"
+    if settings["method"] == "gptq" and not settings["symmetric"]:
+        raise UserError(f"{where}: method gptq needs symmetric: true (its grid has no zero point)")
+    if settings["calibration_source"] == "synthetic" and not calibrated(settings):
         raise UserError(
-            f"invalid config at variants.{name}: calibration_source: synthetic needs a calibrated method "
+            f"{where}: calibration_source: synthetic needs a calibrated method "
             "(method gptq or adaround, bias_correction empirical or scale output); round-to-nearest reads no images"
         )
-    if settings.get("method") != "adaround":
+    if settings["method"] != "adaround":
         return
     clashes = [
         key
         for key, ignored in (("bias_correction", "empirical"), ("scale", "output"), ("compensate_upstream", True))
-        if settings.get(key) == ignored
+        if settings[key] == ignored
     ]
     if clashes:
         raise UserError(
-            f"invalid config at variants.{name}: method adaround cannot be combined with "
+            f"{where}: method adaround cannot be combined with "
             f"{', '.join(f'{key}: {settings[key]}' for key in clashes)}; drop it or use method gptq"
         )
 
 
 def calibrated(settings: dict) -> bool:
-    """Whether a variant fits its weights to calibration images, real or synthetic."""
+    """Whether a recipe fits its weights to calibration images, real or synthetic."""
     return (
-        settings.get("method", "rtn") != "rtn"
-        or settings.get("bias_correction", "none") == "empirical"
-        or settings.get("scale") == "output"
-        or bool(settings.get("compensate_upstream"))
+        settings["method"] != "rtn"
+        or settings["bias_correction"] == "empirical"
+        or settings["scale"] == "output"
+        or settings["compensate_upstream"]
     )
 
 
 def needs_calibration(settings: dict) -> bool:
-    """Whether a variant reads real calibration images (its quantize job then depends on them).
+    """Whether a recipe reads real calibration images (its quantize job then depends on them).
 
     Mixed precision always does: the layer ranking is measured on real images.
     """
-    real = settings.get("calibration_source", "images") == "images"
-    return bool(settings.get("mixed")) or (calibrated(settings) and real)
+    return bool(settings["mixed"]) or (calibrated(settings) and settings["calibration_source"] == "images")
 
 
 def needs_synthetic(settings: dict) -> bool:
-    """Whether a variant calibrates on images distilled from the checkpoint (no real image)."""
-    return calibrated(settings) and settings.get("calibration_source") == "synthetic"
+    """Whether a recipe calibrates on images distilled from the checkpoint (no real image)."""
+    return calibrated(settings) and settings["calibration_source"] == "synthetic"

@@ -69,8 +69,14 @@ def input_means(unfused_model, imgsz: int = 640) -> dict:
     return {name: mean for name, tensor_id in inputs.items() if (mean := mean_of(tensor_id)) is not None}
 
 
-def bn_bias_correction(q_model, fp_model, means: dict) -> dict:
-    """Shift each covered quantized conv's bias by (W - Q) . E[x]; returns {name: max |shift|}."""
+def apply_bn_bias_correction(q_model, fp_model, unfused_model, *, imgsz: int) -> dict:
+    """Data-free bias correction (`bias_correction: bn`): shift each covered quantized conv's bias by
+    (W - Q) . E[x], E[x] from the unfused checkpoint's BatchNorm statistics; returns {name: max |shift|}."""
+    return bias_shifts(q_model, fp_model, input_means(unfused_model, imgsz))
+
+
+def bias_shifts(q_model, fp_model, means: dict) -> dict:
+    """Shift each quantized conv with a known input mean by (W - Q) . E[x]; returns {name: max |shift|}."""
     from yolo_w4.quantize import conv_layers
 
     fp_layers, shifts = conv_layers(fp_model), {}

@@ -7,7 +7,6 @@ order (COCO: 80 categories with ids 1..90).
 
 import contextlib
 import io
-from pathlib import Path
 
 from yolo_w4.errors import UserError
 
@@ -26,29 +25,6 @@ def category_ids(coco: dict, classes: int) -> list[int]:
             "evaluate with annotations for the classes the model was trained on"
         )
     return ids
-
-
-def predict_images(
-    session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True
-):
-    """Detections per image and the model-only latency (ms) of each, with a progress bar."""
-    from tqdm import tqdm
-
-    from yolo_w4.decode import decode
-    from yolo_w4.preprocess import load_input
-    from yolo_w4.runtime import input_feed, time_runs
-
-    detections, latencies = [], []
-    for path in tqdm(images, desc="images", unit="img", mininterval=2.0):
-        tensor, mapping = load_input(path, imgsz)
-        feed = input_feed(session, tensor)
-        outputs = []
-        timing = time_runs(
-            lambda feed=feed, outputs=outputs: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0
-        )
-        latencies.append(timing["median_ms"])
-        detections.append(decode(outputs[-1], head, mapping, conf, iou, max_det, multi_label))
-    return detections, latencies
 
 
 def to_coco_results(image_ids, detections, cat_ids) -> list[dict]:

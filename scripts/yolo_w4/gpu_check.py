@@ -172,10 +172,11 @@ class SeededModel:
 
     def quantized(self, head: str):
         """W4 per-channel round-to-nearest: the rounding method does not change the graph or its speed."""
-        from yolo_w4.quantize import DEFAULT_SETTINGS, quantize_weights
+        from yolo_w4.config import default_recipe
+        from yolo_w4.quantize import quantize_weights
 
         if head not in self._quantized:
-            self._quantized[head] = quantize_weights(self.detector(head).model, {**DEFAULT_SETTINGS, "weight_bits": 4})
+            self._quantized[head] = quantize_weights(self.detector(head).model, default_recipe(weight_bits=4))
         return self._quantized[head]
 
     def onnx(self, kind: str, precision: str, batch: int = 1, head: str = "one2one") -> Path:
@@ -274,9 +275,10 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
 def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 200) -> dict:
     """The default w4a16 recipe on CUDA: distil `images` synthetic images, then GPTQ on them."""
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
-    from yolo_w4.quantize import DEFAULT_SETTINGS, quantizable_layers, quantize_weights
+    from yolo_w4.config import load_config, recipe_settings
+    from yolo_w4.quantize import quantizable_layers, quantize_weights
+    from yolo_w4.recipe import apply_calibration
     from yolo_w4.seeded import build_seeded_checkpoint
-    from yolo_w4.steps_torch import calibrated_ptq
     from yolo_w4.synthetic import as_calibration, synthesize_images
     from yolo_w4.torch_device import synchronize
 
@@ -290,11 +292,11 @@ def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 2
     tensors = synthesize_images(unfused, count=images, imgsz=640, steps=steps, device=device)
     synchronize(device)
     synthesis = time.perf_counter() - started
-    settings = {**DEFAULT_SETTINGS, "weight_bits": 4, "method": "gptq", "scale": "mse"}
+    settings = recipe_settings(load_config(), "w4a16")  # the default recipe, as the workflow runs it
     model = quantize_weights(detector.model, settings)
     bits = {name: 4 for name in quantizable_layers(detector.model)}
     started = time.perf_counter()
-    calibrated_ptq(detector.model, model, as_calibration(tensors), settings, bits, device=device)
+    apply_calibration(detector.model, model, as_calibration(tensors), settings, bits, device=device)
     synchronize(device)
     gptq = time.perf_counter() - started
     return {

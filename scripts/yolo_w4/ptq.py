@@ -1,6 +1,9 @@
-"""Calibrated weight PTQ: GPTQ and empirical bias correction, stage by stage.
+"""Calibrated weight PTQ, stage by stage: output-aware scales, GPTQ, upstream compensation, bias correction.
 
-Both need statistics of each conv's *input* in the partly quantized model: GPTQ the
+One `apply_*` function per technique, each changing one conv (`ConvFit`) in place with keyword
+options; `calibrate` runs the ones a recipe names, in order, on every conv (recipe.py composes).
+
+The techniques need statistics of each conv's *input* in the partly quantized model: GPTQ the
 second moment H = E[x xᵀ] of its im2col patches, bias correction their mean E[x]. The
 model is processed one top-level stage (`model.model[i]`) at a time: the calibration
 images' activations are kept at the current stage (`StagedActivations`), the stage runs
@@ -268,109 +271,104 @@ def execution_order(activations: StagedActivations, layers: dict) -> list[str]:
     return list(dict.fromkeys(order))
 
 
-def _calibrate_layer(
-    module,
-    fp_conv,
-    stats: InputStats,
-    bits: int,
-    method,
-    bias_correction,
-    narrow_range,
-    damp,
-    act_order,
-    scale_search,
-    compensate_upstream,
-    ridge,
-) -> dict:
-    """Output-aware scale, GPTQ and/or bias correction of one quantized conv, in place."""
-    groups = module.groups
-    target = fp_conv.weight.detach()
-    with torch.no_grad():
-        quant = module.quant_weight()
-        scale = quant.scale.detach().reshape(-1)
-        before = quant.value.detach()
-        qmin, qmax = integer_range(bits, narrow_range)
-        ratio = None
-        if scale_search:
-            ratio = output_aware_scale(_grouped(target, groups), stats.hessian, scale.view(groups, -1), qmin, qmax)
-            threshold = module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
-            threshold.mul_(ratio.reshape(threshold.shape))
-            scale = module.quant_weight().scale.detach().reshape(-1)
-        goal = _grouped(target, groups)
-        if compensate_upstream:
-            goal = stats.fp_target(goal, ridge)
-        if method == "gptq":
-            new = gptq(goal, stats.hessian, scale.view(groups, -1), qmin, qmax, damp, act_order)
-            module.weight.copy_(new.reshape_as(module.weight))
-        after = module.quant_weight().value.detach()
-        shift = None
-        if bias_correction:
-            # E[W x_fp] - E[Q x]: the mean output error, upstream input shifts included
-            fp_mean = stats.reference_mean if compensate_upstream else stats.mean
-            expected = _grouped(target, groups).double() @ fp_mean.unsqueeze(-1)
-            actual = _grouped(after, groups).double() @ stats.mean.unsqueeze(-1)
-            shift = (expected - actual).reshape(-1).float()
-            module.bias.add_(shift)
-    return {
-        "weights_changed": int((after != before).sum()),
-        "bias_shift_max": float(shift.abs().max()) if shift is not None else 0.0,
-        "clip_ratio_mean": float(ratio.mean()) if ratio is not None else 1.0,
-    }
+class ConvFit:
+    """One quantized conv being calibrated: its input statistics, its grid and what it is fitted to.
+
+    The `apply_*` techniques below each change it in place, in the order the recipe lists them.
+    """
+
+    def __init__(self, module, fp_conv, stats: InputStats, bits: int, narrow_range: bool):
+        self.module, self.stats = module, stats
+        self.groups = module.groups
+        self.weight_fp = _grouped(fp_conv.weight.detach(), self.groups)  # (G, O, n): the FP weights
+        self.goal = self.weight_fp  # what GPTQ rounds (apply_upstream_compensation moves it)
+        self.fp_mean = stats.mean  # E[x] of the FP model's input (bias correction's reference)
+        self.qmin, self.qmax = integer_range(bits, narrow_range)
+        self.before = module.quant_weight().value.detach()
+        self.record = {"weights_changed": 0, "bias_shift_max": 0.0, "clip_ratio_mean": 1.0}
+
+    def scale(self) -> torch.Tensor:
+        """The current per-channel scales, (G, O)."""
+        return self.module.quant_weight().scale.detach().reshape(self.groups, -1)
+
+    def finish(self) -> dict:
+        self.record["weights_changed"] = int((self.module.quant_weight().value.detach() != self.before).sum())
+        return self.record
+
+
+def apply_output_scale(fit: ConvFit) -> None:
+    """Per-channel clipping searched for the least output error on calibration inputs (`scale: output`)."""
+    ratio = output_aware_scale(fit.weight_fp, fit.stats.hessian, fit.scale(), fit.qmin, fit.qmax)
+    threshold = fit.module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
+    threshold.mul_(ratio.reshape(threshold.shape))
+    fit.record["clip_ratio_mean"] = float(ratio.mean())
+
+
+def apply_upstream_compensation(fit: ConvFit, *, ridge: float) -> None:
+    """Fit to the FP model's output from the quantized model's input (`compensate_upstream`).
+
+    Needs paired statistics (`calibrate(paired=True)`); moves GPTQ's goal and bias correction's reference.
+    """
+    fit.goal = fit.stats.fp_target(fit.weight_fp, ridge)
+    fit.fp_mean = fit.stats.reference_mean
+
+
+def apply_gptq(fit: ConvFit, *, damp: float, act_order: bool) -> None:
+    """GPTQ rounding of the goal weights on the current grid (`method: gptq`)."""
+    new = gptq(fit.goal, fit.stats.hessian, fit.scale(), fit.qmin, fit.qmax, damp, act_order)
+    fit.module.weight.copy_(new.reshape_as(fit.module.weight))
+
+
+def apply_bias_correction(fit: ConvFit) -> None:
+    """Shift the bias by the mean output error E[W x_fp] - E[Q x] (`bias_correction: empirical`)."""
+    quantized = _grouped(fit.module.quant_weight().value.detach(), fit.groups)
+    expected = fit.weight_fp.double() @ fit.fp_mean.unsqueeze(-1)
+    actual = quantized.double() @ fit.stats.mean.unsqueeze(-1)
+    shift = (expected - actual).reshape(-1).float()
+    fit.module.bias.add_(shift)
+    fit.record["bias_shift_max"] = float(shift.abs().max())
 
 
 def calibrate(
-    fp_model,
-    q_model,
-    calibration,
-    method: str = "rtn",
-    bias_correction: bool = True,
-    bits_of=None,
-    narrow_range=True,
-    damp=0.01,
-    act_order=True,
-    scale_search=False,
-    compensate_upstream=False,
-    ridge=0.01,
+    fp_model, q_model, calibration, *, bits: dict, narrow_range: bool, techniques: list, hessian: bool, paired: bool
 ) -> dict:
-    """Apply output-aware scales, GPTQ (method='gptq') and/or bias correction to `q_model` in place.
+    """Run `techniques` (apply_* functions, in order) on every quantized conv of `q_model`, stage by stage.
 
     fp_model: the fused FP model `q_model` was quantized from (its weights are the target).
-    bits_of: {layer name: bits}. Returns per-layer records of what changed.
+    bits: {layer name: bits}. hessian: collect E[x xᵀ] (output scales, GPTQ). paired: the FP
+    model runs beside and each conv is fitted alone, in execution order, on paired statistics
+    (upstream compensation). Returns per-layer records of what changed.
     """
     fp_layers = conv_layers(fp_model)
     q_layers = {n: m for n, m in conv_layers(q_model).items() if hasattr(m, "weight_quant")}
     records = {}
-    options = dict(
-        method=method,
-        bias_correction=bias_correction,
-        narrow_range=narrow_range,
-        damp=damp,
-        act_order=act_order,
-        scale_search=scale_search,
-        compensate_upstream=compensate_upstream,
-        ridge=ridge,
-    )
+
+    def fit(name, stats):
+        with torch.no_grad():
+            conv = ConvFit(q_layers[name], fp_layers[name], stats, bits[name], narrow_range)
+            for technique in techniques:
+                technique(conv)
+            return conv.finish()
+
     activations = StagedActivations(q_model, calibration)
-    fp_activations = StagedActivations(fp_model, calibration) if compensate_upstream else None
+    fp_activations = StagedActivations(fp_model, calibration) if paired else None
     for stage in sorted({stage_of(n) for n in q_layers}):
         layers = {n: m for n, m in q_layers.items() if stage_of(n) == stage}
-        if compensate_upstream:
+        if paired:
             while activations.stage < stage:
                 activations.run(advance=True)
                 fp_activations.run(advance=True)
             # one conv at a time, in execution order: each sees its predecessors' final weights
             for name in execution_order(activations, layers):
                 stats = collect_paired_stats(fp_activations, activations, fp_layers, {name: layers[name]})
-                records[name] = _calibrate_layer(layers[name], fp_layers[name], stats[name], bits_of[name], **options)
+                records[name] = fit(name, stats[name])
         else:
-            stats = collect_input_stats(
-                q_model, layers, stage, activations, second_moment=method == "gptq" or scale_search
-            )
-            for name, module in layers.items():
-                records[name] = _calibrate_layer(module, fp_layers[name], stats[name], bits_of[name], **options)
+            stats = collect_input_stats(q_model, layers, stage, activations, second_moment=hessian)
+            for name in layers:
+                records[name] = fit(name, stats[name])
         for name in layers:
             records[name]["stage"] = stage
         activations.run(advance=True)  # hand the next stage the quantized, corrected outputs
-        if compensate_upstream:
+        if paired:
             fp_activations.run(advance=True)
     return records

@@ -22,20 +22,21 @@ from pathlib import Path
 
 import torch
 
+from yolo_w4.config import load_config
 from yolo_w4.files import write_json
 from yolo_w4.provenance import utc_now, versions
 from yolo_w4.torch_device import resolve_torch_device, synchronize
 
-METHODS = {
+METHODS = {  # each laid over config.yaml's variant_defaults
     "gptq": {"method": "gptq", "scale": "mse"},
     "gptq_up": {"method": "gptq", "scale": "mse", "compensate_upstream": True},
     "adaround": {"method": "adaround"},
     "synthesis": None,  # not a PTQ method: the data-free images GPTQ then calibrates on
 }
-SYNTHESIS_STEPS = 200  # the config default (calibration.synthetic.steps)
+SYNTHESIS_STEPS = load_config()["calibration"]["synthetic"]["steps"]  # the default the timing extrapolates to
 
 
-def calibration_images(count: int, imgsz: int) -> list[torch.Tensor]:
+def stand_in_images(count: int, imgsz: int) -> list[torch.Tensor]:
     """The Ultralytics photos, repeated: image content does not change the cost."""
     from yolo_w4.preprocess import load_input
     from yolo_w4.seeded import asset_images
@@ -60,9 +61,10 @@ def measure(
     arch: str, count: int, imgsz: int = 640, methods=tuple(METHODS), synthesis_steps: int = 10, device: str = "auto"
 ) -> list[dict]:
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
+    from yolo_w4.config import default_recipe
     from yolo_w4.quantize import quantizable_layers, quantize_weights
+    from yolo_w4.recipe import apply_calibration
     from yolo_w4.seeded import build_seeded_checkpoint
-    from yolo_w4.steps_torch import calibrated_ptq
 
     device = resolve_torch_device(device)
 
@@ -71,7 +73,7 @@ def measure(
         ckpt = unpickle_checkpoint(checkpoint)  # one load: the unfused copy is taken before fusing
         unfused = unfused_model(checkpoint, ckpt=ckpt) if "synthesis" in methods else None
         detector = load_detector(checkpoint, "one2many", imgsz, ckpt=ckpt)
-    images = calibration_images(count, imgsz)
+    images = stand_in_images(count, imgsz)
     selected = quantizable_layers(detector.model)
     parameters = sum(detector.model.get_submodule(name).weight.numel() for name in selected)
     rows = []
@@ -89,11 +91,11 @@ def measure(
                 flush=True,
             )
             continue
-        settings = {"weight_bits": 4, "narrow_range": True, **METHODS[method]}
+        settings = default_recipe(**METHODS[method])
         model = quantize_weights(detector.model, settings)
         synchronize(device)
         started = time.perf_counter()
-        calibrated_ptq(detector.model, model, images, settings, {name: 4 for name in selected}, device)
+        apply_calibration(detector.model, model, images, settings, {name: 4 for name in selected}, device)
         synchronize(device)
         seconds = time.perf_counter() - started
         bound = round(seconds * 128 / count) if method != "adaround" else None

@@ -16,17 +16,9 @@ from yolo_w4.errors import UserError
 # The DFL conv is a fixed arange(16) projection that decodes box distributions; quantizing it
 # shifts every box, and it is not a learned weight.
 ALWAYS_FLOAT = ("*.dfl.conv",)
-SCALES = ("minmax", "mse", "output")  # output: min-max start, searched on calibration data (ptq.py)
-DEFAULT_SETTINGS = {
-    "weight_bits": 4,
-    "scale": "minmax",
-    "symmetric": True,
-    "narrow_range": True,
-    "keep_float": [],
-}
 
 
-def weight_quantizer(bits: int = 4, scale: str = "minmax", symmetric: bool = True, narrow_range: bool = True):
+def weight_quantizer(bits: int, scale: str, symmetric: bool, narrow_range: bool):
     """A Brevitas per-output-channel, float-scale weight quantizer with `bits` bits.
 
     symmetric: signed integers, zero point 0 (QCDQ: int8 storage, Clip to [-7, 7] at 4 bits
@@ -42,10 +34,6 @@ def weight_quantizer(bits: int = 4, scale: str = "minmax", symmetric: bool = Tru
         ShiftedUint8WeightPerChannelFloatMSE,
     )
 
-    if scale not in SCALES:
-        raise UserError(f"scale must be one of {SCALES}, got {scale!r}")
-    if not 2 <= int(bits) <= 8:
-        raise UserError(f"weight_bits must be between 2 and 8, got {bits}")
     base = {
         (True, "minmax"): Int8WeightPerChannelFloat,
         (True, "mse"): Int8WeightPerChannelFloatMSE,
@@ -89,10 +77,13 @@ def quantizable_layers(model: torch.nn.Module, keep_float=()) -> list[str]:
 
 
 def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
-    """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights."""
+    """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights: round to nearest.
+
+    settings: a resolved recipe (yolo_w4.config); reads weight_bits, scale, symmetric,
+    narrow_range, keep_float and, for mixed precision, layer_bits {name: bits}.
+    """
     from brevitas.graph.quantize import layerwise_quantize
 
-    settings = {**DEFAULT_SETTINGS, **settings}
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("quantize in FP32 and cast afterwards: the model passed in is not FP32")
     selected = quantizable_layers(model, settings["keep_float"])

@@ -115,22 +115,27 @@ def stage_error(activations: StagedActivations, targets, is_head: bool, layers: 
     return total / count
 
 
-def reconstruct(
+def apply_adaround(
     fp_model,
     q_model,
     calibration,
-    bits_of: dict,
-    narrow_range: bool = True,
-    iterations: int = 200,
-    batch: int = 4,
-    lr: float = 1e-2,
+    *,
+    bits: dict,
+    narrow_range: bool,
+    iterations: int,
+    batch: int,
+    lr: float,
+    learn_bias: bool,
     bias_lr: float = 1e-4,
-    learn_bias: bool = True,
     weight: float = 0.01,
     seed: int = 0,
     stages=None,
 ) -> dict:
-    """Learn every quantized conv's rounding, stage by stage (or only `stages`); returns per-layer records."""
+    """AdaRound (`method: adaround`): learn every quantized conv's rounding, stage by stage (or only `stages`).
+
+    bits: {layer name: bits}; bias_lr, weight (rounding regulariser) and seed are fixed by the
+    method, the rest come from the recipe's `adaround` settings. Returns per-layer records.
+    """
     generator = random.Random(seed)
     fp_layers = conv_layers(fp_model)
     q_layers = {n: m for n, m in conv_layers(q_model).items() if hasattr(m, "weight_quant")}
@@ -147,7 +152,7 @@ def reconstruct(
                 ]
                 rtn_error = stage_error(q_acts, targets, is_head, layers)
             roundings = {
-                n: LearnedRounding(m, fp_layers[n].weight.detach(), bits_of[n], narrow_range, learn_bias)
+                n: LearnedRounding(m, fp_layers[n].weight.detach(), bits[n], narrow_range, learn_bias)
                 for n, m in layers.items()
             }
             groups = [{"params": [r.v for r in roundings.values()], "lr": lr}]

@@ -1,10 +1,11 @@
-"""ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing.
+"""ONNX Runtime sessions: provider choice (CUDA first, CPU fallback), precision, timing, prediction.
 
 Rule probe_runtime calls `probe_providers` in the env that runs the models; the module
 imports nothing beyond the standard library at load time.
 """
 
 import time
+from pathlib import Path
 
 from yolo_w4.errors import UserError
 
@@ -203,3 +204,25 @@ def latency_stats(times_ms, warmup: int = 0) -> dict:
         "runs": int(times.size),
         "warmup": warmup,
     }
+
+
+def predict_images(
+    session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True
+):
+    """Detections per image and the model-only latency (ms) of each, with a progress bar."""
+    from tqdm import tqdm
+
+    from yolo_w4.decode import decode
+    from yolo_w4.preprocess import load_input
+
+    detections, latencies = [], []
+    for path in tqdm(images, desc="images", unit="img", mininterval=2.0):
+        tensor, mapping = load_input(path, imgsz)
+        feed = input_feed(session, tensor)
+        outputs = []
+        timing = time_runs(
+            lambda feed=feed, outputs=outputs: outputs.append(session.run(None, feed)[0]), runs=1, warmup=0
+        )
+        latencies.append(timing["median_ms"])
+        detections.append(decode(outputs[-1], head, mapping, conf, iou, max_det, multi_label))
+    return detections, latencies

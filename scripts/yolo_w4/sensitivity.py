@@ -73,6 +73,11 @@ def layer_sensitivity(model, calibration, imgsz: int = 640, bits: int = 4, keep_
     return rows
 
 
+def apply_mixed_precision(ranking: list[dict], *, min_4bit_fraction: float, high_bits: int) -> dict:
+    """Mixed precision (`mixed:`): {layer: high_bits} for the most sensitive layers the budget allows."""
+    return {name: high_bits for name in choose_high_precision(ranking, min_4bit_fraction)}
+
+
 def choose_high_precision(rows: list[dict], min_4bit_fraction: float) -> list[str]:
     """Most sensitive layers first, while the 4-bit share of conv weights stays >= the budget."""
     total = sum(row["weights"] for row in rows)

@@ -23,10 +23,11 @@ def subset_step(annotations, images, ids_out, annotations_out, max_images=100, i
 
 def calibration_step(annotations, images, eval_ids, output, max_images=128, image_ids_list=None) -> list[int]:
     """Calibration ids: first `max_images` (or the list), checked against the evaluation ids."""
-    from yolo_w4.calibration import select_calibration, write_calibration_ids
+    from yolo_w4.calibration import select_calibration
+    from yolo_w4.coco_subset import write_ids
 
     ids = select_calibration(annotations, images, max_images, image_ids_list, eval_ids)
-    write_calibration_ids(output, ids)
+    write_ids(output, ids)
     print(f"calibration: {len(ids)} images from {annotations}, none among the evaluation images")
     return ids
 
@@ -75,8 +76,8 @@ def evaluate_step(
 ) -> dict:
     """ONNX model (+ its export record) -> COCO detections JSON + metrics JSON on the subset."""
     from yolo_w4.coco_subset import image_paths, load_coco, read_ids
-    from yolo_w4.evaluate import category_ids, predict_images, score, to_coco_results
-    from yolo_w4.runtime import create_session, latency_stats
+    from yolo_w4.evaluate import category_ids, score, to_coco_results
+    from yolo_w4.runtime import create_session, latency_stats, predict_images
 
     coco = load_coco(annotations)
     ids = read_ids(ids_file)

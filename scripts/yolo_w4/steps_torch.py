@@ -12,10 +12,20 @@ from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
 from yolo_w4.names import FP
 from yolo_w4.provenance import input_record, utc_now, versions
-from yolo_w4.quantize import DEFAULT_SETTINGS, quantize_weights
 from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
 from yolo_w4.seeded import build_seeded_checkpoint
 from yolo_w4.smoke import smoke_test
+
+
+def calibration_tensors(annotations, images_dir, ids_file, imgsz: int, limit: int | None = None) -> list:
+    """The calibration images (ids from calibration_subset), letterboxed like evaluation images, as (1, 3, imgsz, imgsz) tensors."""
+    import torch
+
+    from yolo_w4.coco_subset import image_paths, load_coco, read_ids
+    from yolo_w4.preprocess import load_input
+
+    files = image_paths(load_coco(annotations), images_dir)
+    return [torch.from_numpy(load_input(files[i], imgsz)[0]) for i in read_ids(ids_file)[:limit]]
 
 
 def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
@@ -60,37 +70,28 @@ def quantize_step(
     device="auto",
     trust=False,
 ) -> dict:
-    """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions).
+    """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions), by `recipe.run_recipe`.
 
-    calibration: {ids, annotations, images, limit} for variants calibrated on real images;
-    synthetic: the distilled images file for `calibration_source: synthetic`; sensitivity:
-    the layer ranking CSV for mixed-precision variants. device (auto | cpu | cuda): where
-    calibrated PTQ runs (auto: CUDA where PyTorch sees it); recorded as settings["device"].
+    settings: the variant's resolved recipe (yolo_w4.config.recipe_settings). calibration:
+    {ids, annotations, images, limit} for recipes calibrated on real images; synthetic: the
+    distilled images file for `calibration_source: synthetic`; sensitivity: the layer ranking
+    CSV for mixed precision. device (auto | cpu | cuda): where calibrated PTQ runs (auto: CUDA
+    where PyTorch sees it); recorded as settings["device"].
     """
     import time
 
-    from yolo_w4.calibration import calibration_tensors
     from yolo_w4.config import needs_calibration, needs_synthetic
     from yolo_w4.provenance import sha256
-    from yolo_w4.quantize import quantizable_layers
-    from yolo_w4.sensitivity import choose_high_precision, read_sensitivity
+    from yolo_w4.recipe import run_recipe
+    from yolo_w4.sensitivity import read_sensitivity
     from yolo_w4.synthetic import load_synthetic
     from yolo_w4.torch_device import resolve_torch_device
 
     started = time.perf_counter()
-    device = resolve_torch_device(device)
+    settings = {**settings, "device": resolve_torch_device(device)}
     ckpt = unpickle_checkpoint(checkpoint, trust=trust)  # once per job: fusing changes its model, so copy first
-    unfused = unfused_model(checkpoint, ckpt=ckpt) if settings.get("bias_correction") == "bn" else None
+    unfused = unfused_model(checkpoint, ckpt=ckpt) if settings["bias_correction"] == "bn" else None
     detector = load_detector(checkpoint, head, imgsz, trust=trust, ckpt=ckpt)
-    settings = {**DEFAULT_SETTINGS, **settings, "device": device}
-    selected = quantizable_layers(detector.model, settings["keep_float"])
-    mixed = settings.get("mixed")
-    if mixed:
-        ranking = [row for row in read_sensitivity(sensitivity) if row["layer"] in selected]
-        high = choose_high_precision(ranking, mixed["min_4bit_fraction"])
-        settings["layer_bits"] = {name: mixed["high_bits"] for name in high}
-    model = quantize_weights(detector.model, settings)
-    records = None
     images = None
     if needs_synthetic(settings):
         images, synthesis = load_synthetic(synthetic)
@@ -101,17 +102,17 @@ def quantize_step(
             calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
         )
     if images is not None:
-        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
-        records = calibrated_ptq(detector.model, model, images, settings, bits, device)
-        settings["calibration_images"] = len(images)
-    if settings.get("bias_correction") == "bn":
-        from yolo_w4.data_free import bn_bias_correction, input_means
-
-        shifts = bn_bias_correction(model, detector.model, input_means(unfused, imgsz))
-        records = records or {}
-        for name, shift in shifts.items():
-            records.setdefault(name, {})["bn_bias_shift_max"] = shift
-        print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
+        settings["calibration_image_count"] = len(images)
+    ranking = read_sensitivity(sensitivity) if settings["mixed"] else None
+    model, settings, records = run_recipe(
+        detector.model,
+        settings,
+        images=images,
+        ranking=ranking,
+        unfused=unfused,
+        imgsz=imgsz,
+        device=settings["device"],
+    )
     settings["ptq_seconds"] = round(time.perf_counter() - started + settings.get("synthesis_seconds", 0), 1)
     record = save_quantized(output, model, detector, variant, settings, records)
     summary = record["summary"]
@@ -122,49 +123,10 @@ def quantize_step(
     return record
 
 
-def calibrated_ptq(fp_model, model, images, settings: dict, bits: dict, device="cpu") -> dict:
-    """Run the variant's calibrated method on `model` in place: AdaRound, or GPTQ / scales / bias correction.
-
-    device: a resolved torch device ("cpu" or "cuda"). Both models and the calibration images
-    move there for the run; both models come back to the CPU afterwards (even on failure),
-    where the state dict is saved and the ONNX export runs.
-    """
-    from yolo_w4.ptq import calibrate
-    from yolo_w4.reconstruct import reconstruct
-
-    fp_model.to(device)
-    model.to(device)
-    images = [image.to(device) for image in images]
-    try:
-        if settings.get("method") == "adaround":
-            return reconstruct(
-                fp_model, model, images, bits, settings["narrow_range"], **(settings.get("adaround") or {})
-            )
-        gptq = settings.get("gptq") or {}
-        return calibrate(
-            fp_model,
-            model,
-            images,
-            settings.get("method", "rtn"),
-            settings.get("bias_correction") == "empirical",
-            bits,
-            settings["narrow_range"],
-            gptq.get("damp", 0.01),
-            gptq.get("act_order", True),
-            scale_search=settings["scale"] == "output",
-            compensate_upstream=bool(settings.get("compensate_upstream")),
-            ridge=gptq.get("ridge", 0.01),
-        )
-    finally:
-        fp_model.to("cpu")
-        model.to("cpu")
-
-
 def sensitivity_step(
     checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32, device="auto", trust=False
 ) -> list:
     """Layer sensitivity ranking -> CSV + plot. device (auto | cpu | cuda): where the forward passes run."""
-    from yolo_w4.calibration import calibration_tensors
     from yolo_w4.plots import plot_sensitivity
     from yolo_w4.sensitivity import layer_sensitivity, write_sensitivity
     from yolo_w4.torch_device import resolve_torch_device

@@ -1,0 +1,99 @@
+"""The one PTQ recipe: a variant's settings turned into `apply_*` techniques, run in order.
+
+After Brevitas' `ptq_common.py`: each technique is one function with keyword options, in the
+module of its concept; this module only decides which run, in what order, with what options.
+The workflow's quantize step, the command line (through that step), the cost benchmark and
+the GPU check all call `run_recipe`, so a recipe name means one thing everywhere.
+
+Order: mixed precision picks bit widths -> the grid (round to nearest, Brevitas) -> with
+calibration images either AdaRound, or per conv: output-aware scale, upstream compensation,
+GPTQ, empirical bias correction -> data-free BatchNorm bias correction.
+"""
+
+from functools import partial
+
+from yolo_w4.quantize import quantizable_layers, quantize_weights
+
+
+def calibration_techniques(settings: dict) -> list:
+    """The per-conv techniques of `ptq.calibrate` that `settings` names, in the order they run."""
+    from yolo_w4.ptq import apply_bias_correction, apply_gptq, apply_output_scale, apply_upstream_compensation
+
+    options = settings["gptq"]
+    techniques = []
+    if settings["scale"] == "output":
+        techniques.append(apply_output_scale)
+    if settings["compensate_upstream"]:
+        techniques.append(partial(apply_upstream_compensation, ridge=options["ridge"]))
+    if settings["method"] == "gptq":
+        techniques.append(partial(apply_gptq, damp=options["damp"], act_order=options["act_order"]))
+    if settings["bias_correction"] == "empirical":
+        techniques.append(apply_bias_correction)
+    return techniques
+
+
+def apply_calibration(fp_model, model, images, settings: dict, bits: dict, device: str = "cpu") -> dict:
+    """The recipe's calibrated techniques on `model` in place: AdaRound, or the per-conv ones.
+
+    device: a resolved torch device ("cpu" or "cuda"). Both models and the images move there
+    for the run and come back to the CPU afterwards (even on failure), where the state dict
+    is saved and the ONNX export runs.
+    """
+    from yolo_w4.ptq import calibrate
+    from yolo_w4.reconstruct import apply_adaround
+
+    fp_model.to(device)
+    model.to(device)
+    images = [image.to(device) for image in images]
+    try:
+        if settings["method"] == "adaround":
+            return apply_adaround(
+                fp_model, model, images, bits=bits, narrow_range=settings["narrow_range"], **settings["adaround"]
+            )
+        return calibrate(
+            fp_model,
+            model,
+            images,
+            bits=bits,
+            narrow_range=settings["narrow_range"],
+            techniques=calibration_techniques(settings),
+            hessian=settings["method"] == "gptq" or settings["scale"] == "output",
+            paired=settings["compensate_upstream"],
+        )
+    finally:
+        fp_model.to("cpu")
+        model.to("cpu")
+
+
+def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=None, imgsz=640, device="cpu"):
+    """Quantize a copy of the fused FP model as `settings` (a resolved recipe) say.
+
+    images: calibration tensors (real or synthetic) for calibrated recipes; ranking: the
+    sensitivity rows for mixed precision; unfused: the unfused checkpoint model for
+    `bias_correction: bn`. Returns (quantized model, settings with `layer_bits`, per-layer records).
+    """
+    from yolo_w4.config import calibrated
+
+    selected = quantizable_layers(fp_model, settings["keep_float"])
+    settings = dict(settings)
+    if settings["mixed"]:
+        from yolo_w4.sensitivity import apply_mixed_precision
+
+        ranked = [row for row in ranking if row["layer"] in selected]
+        settings["layer_bits"] = apply_mixed_precision(ranked, **settings["mixed"])
+    model = quantize_weights(fp_model, settings)
+    records = None
+    if calibrated(settings):
+        if images is None:
+            raise ValueError("a calibrated recipe needs calibration images")
+        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
+        records = apply_calibration(fp_model, model, images, settings, bits, device)
+    if settings["bias_correction"] == "bn":
+        from yolo_w4.data_free import apply_bn_bias_correction
+
+        shifts = apply_bn_bias_correction(model, fp_model, unfused, imgsz=imgsz)
+        records = records or {}
+        for name, shift in shifts.items():
+            records.setdefault(name, {})["bn_bias_shift_max"] = shift
+        print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
+    return model, settings, records
