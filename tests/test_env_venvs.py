@@ -125,9 +125,9 @@ def start_artifacts(out: Path) -> tuple[subprocess.Popen, Path]:
         out = {str(out)!r}
         seeded_step(out + "/yolov10n-seed0.pt", "yolov10n.yaml", 0)
         quantize_step(out + "/yolov10n-seed0.pt", out + "/{W4}.pt", "{W4}", default_recipe(), head="one2one", imgsz={IMGSZ}, device="cpu")
-        export_step(out + "/yolov10n-seed0.pt", out + "/fp.onnx", out + "/fp.json", imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})
+        export_step(out + "/yolov10n-seed0.pt", out + "/fp.onnx", out + "/fp.json", precision="fp32", head="one2one", imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})
         export_step(out + "/yolov10n-seed0.pt", out + "/{W4}.onnx", out + "/{W4}.json", quantized=out + "/{W4}.pt",
-                    imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})
+                    precision="fp32", head=None, imgsz={IMGSZ}, config={{"run_id": "env-venvs"}})
         """
     )
     log = out / "artifacts.log"

@@ -222,9 +222,17 @@ def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head
 
     path = shared(*checkpoint)
     names = load_detector(path, head).names
-    export_step(path, tmp_path / "fp.onnx", tmp_path / "fp.json", head=head)
-    quantize_step(path, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), head=head, device="cpu")
-    export_step(path, tmp_path / "w4.onnx", tmp_path / "w4.json", quantized=tmp_path / "w4.pt", head=head)
+    export_step(path, tmp_path / "fp.onnx", tmp_path / "fp.json", precision="fp32", head=head, imgsz=640)
+    quantize_step(path, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), head=head, imgsz=640, device="cpu")
+    export_step(
+        path,
+        tmp_path / "w4.onnx",
+        tmp_path / "w4.json",
+        quantized=tmp_path / "w4.pt",
+        precision="fp32",
+        head=head,
+        imgsz=640,
+    )
     pack_step(tmp_path / "w4.onnx", tmp_path / "w4-int4.onnx", tmp_path / "w4-int4.json")
     images = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[:4]
     compared = 0

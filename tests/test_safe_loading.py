@@ -184,7 +184,13 @@ def test_a_job_unpickles_its_checkpoint_once(seeded_checkpoint, tmp_path, monkey
     monkeypatch.setattr(checkpoint, "unpickle_checkpoint", counted)
     monkeypatch.setattr(steps, "unpickle_checkpoint", counted)
     record = steps.quantize_step(
-        seeded_checkpoint, tmp_path / "bn.pt", "w4a16_bn", default_recipe(bias_correction="bn"), imgsz=320, device="cpu"
+        seeded_checkpoint,
+        tmp_path / "bn.pt",
+        "w4a16_bn",
+        default_recipe(bias_correction="bn"),
+        head="one2one",
+        imgsz=320,
+        device="cpu",
     )
     assert len(loads) == 1, loads
     assert record["calibration"] and any("bn_bias_shift_max" in r for r in record["calibration"].values())

@@ -138,14 +138,28 @@ def test_quantize_step_records_the_device(seeded_checkpoint, tmp_path):
     from yolo_w4.steps_torch import quantize_step
 
     record = quantize_step(
-        seeded_checkpoint, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ, device="cpu"
+        seeded_checkpoint, tmp_path / "w4.pt", "w4a16_rtn", default_recipe(), head="one2one", imgsz=IMGSZ, device="cpu"
     )
     assert record["settings"]["device"] == "cpu"
-    record = quantize_step(seeded_checkpoint, tmp_path / "auto.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ)
+    record = quantize_step(
+        seeded_checkpoint,
+        tmp_path / "auto.pt",
+        "w4a16_rtn",
+        default_recipe(),
+        head="one2one",
+        imgsz=IMGSZ,
+        device="auto",
+    )
     assert record["settings"]["device"] == resolve_torch_device("auto")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="PyTorch sees no CUDA device"):
             quantize_step(
-                seeded_checkpoint, tmp_path / "cuda.pt", "w4a16_rtn", default_recipe(), imgsz=IMGSZ, device="cuda"
+                seeded_checkpoint,
+                tmp_path / "cuda.pt",
+                "w4a16_rtn",
+                default_recipe(),
+                head="one2one",
+                imgsz=IMGSZ,
+                device="cuda",
             )
         assert not (tmp_path / "cuda.pt").exists()

@@ -151,6 +151,7 @@ def test_ultralytics_val_gives_our_map(name, onnx_files, coco_subset, yolo_datas
         name,
         head="one2many",
         device="cpu",
+        precision="fp32",
         multi_label=True,
         export_record=onnx_path.with_suffix(".json"),
         **EVAL,

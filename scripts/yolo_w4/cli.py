@@ -1,9 +1,12 @@
-"""`python -m yolo_w4 …`: the workflow's steps, outside Snakemake.
+"""`python -m yolo_w4 …`: the workflow's steps, outside Snakemake, reading the same config/config.yaml.
 
 python -m yolo_w4 seed --out yolov10n-seed0.pt
-python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --bits 4
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt        # the workflow's default recipe (w4a16)
 python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
-python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --method gptq --scale mse --synthetic synthetic.pt
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --synthetic synthetic.pt   # reuse distilled images
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_gptq_up \
+    --calibration-images train2017 --calibration-annotations instances_train2017.json
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_rtn --scale mse   # override a setting
 python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
 python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
 python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
@@ -123,11 +126,10 @@ def run(args: argparse.Namespace) -> None:
         steps.synthesize_step(
             args.checkpoint,
             args.out,
-            None,
-            _given(args.images, synthetic["images"]),
-            args.imgsz or synthetic["imgsz"] or config["imgsz"],
-            _given(args.steps, synthetic["steps"]),
-            synthetic["lr"],
+            images=_given(args.images, synthetic["images"]),
+            imgsz=args.imgsz or synthetic["imgsz"] or config["imgsz"],
+            steps=_given(args.steps, synthetic["steps"]),
+            lr=synthetic["lr"],
             seed=_given(args.seed, synthetic["seed"]),
             device=args.device or config["device"],
             trust=trust,
@@ -140,10 +142,10 @@ def run(args: argparse.Namespace) -> None:
             args.out,
             Path(args.out).with_suffix(".json"),
             args.quantized,
-            args.precision,
-            _head(args, config),
-            imgsz,
-            record,
+            precision=args.precision,
+            head=_head(args, config),
+            imgsz=imgsz,
+            config=record,
             trust=trust,
         )
     elif args.command == "pack":
@@ -164,14 +166,14 @@ def run(args: argparse.Namespace) -> None:
             variant,
             args.quantized,
             args.image or smoke["image"],
-            args.device or config["device"],
-            args.precision,
-            _given(args.runs, smoke["runs"]),
-            smoke["warmup"],
-            smoke["conf"],
-            _head(args, config),
-            imgsz,
-            record,
+            device=args.device or config["device"],
+            precision=args.precision,
+            runs=_given(args.runs, smoke["runs"]),
+            warmup=smoke["warmup"],
+            conf=smoke["conf"],
+            head=_head(args, config),
+            imgsz=imgsz,
+            config=record,
             trust=trust,
         )
 
@@ -232,11 +234,10 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
             steps.synthesize_step(
                 args.checkpoint,
                 synthetic,
-                None,
-                options["images"],
-                options["imgsz"] or imgsz,
-                options["steps"],
-                options["lr"],
+                images=options["images"],
+                imgsz=options["imgsz"] or imgsz,
+                steps=options["steps"],
+                lr=options["lr"],
                 seed=options["seed"],
                 device=device,
                 trust=trust,
@@ -250,8 +251,8 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
             args.out,
             name,
             settings,
-            head,
-            imgsz,
+            head=head,
+            imgsz=imgsz,
             calibration=calibration,
             sensitivity=args.sensitivity,
             synthetic=synthetic,

@@ -12,7 +12,7 @@ from yolo_w4.files import read_json, write_json
 from yolo_w4.provenance import input_record, sha256, utc_now, versions
 
 
-def subset_step(annotations, images, ids_out, annotations_out, max_images=100, image_ids_list=None) -> dict:
+def subset_step(annotations, images, ids_out, annotations_out, *, max_images: int, image_ids_list=None) -> dict:
     """The fixed image subset every model is scored on."""
     from yolo_w4.coco_subset import write_subset
 
@@ -21,7 +21,7 @@ def subset_step(annotations, images, ids_out, annotations_out, max_images=100, i
     return described
 
 
-def calibration_step(annotations, images, eval_ids, output, max_images=128, image_ids_list=None) -> list[int]:
+def calibration_step(annotations, images, eval_ids, output, *, max_images: int, image_ids_list=None) -> list[int]:
     """Calibration ids: first `max_images` (or the list), checked against the evaluation ids."""
     from yolo_w4.calibration import select_calibration
     from yolo_w4.coco_subset import write_ids
@@ -32,7 +32,7 @@ def calibration_step(annotations, images, eval_ids, output, max_images=128, imag
     return ids
 
 
-def probe_step(output, device="auto", precision="auto", config=None) -> dict:
+def probe_step(output, *, device: str, precision: str, config=None) -> dict:
     """Which provider and precision the models will run with, decided in the env that runs them.
 
     The Snakefile cannot decide this at parse time: under --use-conda, Snakemake's own Python
@@ -63,14 +63,15 @@ def evaluate_step(
     metrics_out,
     detections_out,
     variant: str,
-    head="one2one",
-    imgsz=640,
-    device="auto",
-    precision="fp32",
-    conf=0.001,
-    iou=0.7,
-    max_det=300,
-    multi_label=True,
+    *,
+    head: str,
+    imgsz: int,
+    device: str,
+    precision: str,
+    conf: float,
+    iou: float,
+    max_det: int,
+    multi_label: bool,
     export_record=None,
     config=None,
 ) -> dict:
@@ -127,7 +128,17 @@ def evaluate_step(
 
 
 def latency_step(
-    models: dict, ids_file, annotations, images, output, device="auto", count=5, rounds=10, imgsz=640, config=None
+    models: dict,
+    ids_file,
+    annotations,
+    images,
+    output,
+    *,
+    device: str,
+    count: int,
+    rounds: int,
+    imgsz: int,
+    config=None,
 ) -> dict:
     """Interleaved latency of every ONNX model on the first `count` subset images."""
     from yolo_w4.coco_subset import image_paths, load_coco, read_ids
@@ -145,7 +156,7 @@ def latency_step(
     return result
 
 
-def draw_step(image_dir, annotations, fp_detections, detections, variant, output, conf=0.25, image_id=None) -> int:
+def draw_step(image_dir, annotations, fp_detections, detections, variant, output, *, conf: float, image_id=None) -> int:
     """Side-by-side picture of FP vs `variant` boxes on one subset image."""
     from yolo_w4.coco_subset import load_coco
     from yolo_w4.draw import draw_side_by_side

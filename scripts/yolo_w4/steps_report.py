@@ -16,8 +16,9 @@ def report_step(
     latency,
     annotations,
     outputs: dict,
-    resamples=1000,
-    seed=0,
+    *,
+    resamples: int,
+    seed: int,
     config=None,
     packed=None,
 ) -> list[dict]:

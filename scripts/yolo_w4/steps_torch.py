@@ -33,7 +33,17 @@ def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
 
 
 def synthesize_step(
-    checkpoint, output, picture=None, images=8, imgsz=640, steps=200, lr=0.05, seed=0, device="auto", trust=False
+    checkpoint,
+    output,
+    picture=None,
+    *,
+    images: int,
+    imgsz: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    device: str,
+    trust=False,
 ) -> dict:
     """checkpoint -> data-free calibration images distilled from its BatchNorm statistics (+ record, picture).
 
@@ -62,12 +72,13 @@ def quantize_step(
     output,
     variant: str,
     settings: dict,
-    head="one2one",
-    imgsz=640,
+    *,
+    head: str,
+    imgsz: int,
+    device: str,
     calibration=None,
     sensitivity=None,
     synthetic=None,
-    device="auto",
     trust=False,
 ) -> dict:
     """checkpoint -> quantized state dict (+ settings, checkpoint sha256, versions), by `recipe.run_recipe`.
@@ -124,7 +135,7 @@ def quantize_step(
 
 
 def sensitivity_step(
-    checkpoint, calibration: dict, table, plot, head="one2one", imgsz=640, images_used=32, device="auto", trust=False
+    checkpoint, calibration: dict, table, plot, *, head: str, imgsz: int, images_used: int, device: str, trust=False
 ) -> list:
     """Layer sensitivity ranking -> CSV + plot. device (auto | cpu | cuda): where the forward passes run."""
     from yolo_w4.plots import plot_sensitivity
@@ -164,9 +175,10 @@ def export_step(
     output,
     record_path,
     quantized=None,
-    precision="fp32",
-    head="one2one",
-    imgsz=640,
+    *,
+    precision: str,
+    head: str | None,
+    imgsz: int,
     config=None,
     trust=False,
 ) -> dict:
@@ -209,13 +221,14 @@ def smoke_step(
     variant: str,
     quantized=None,
     image=None,
-    device="auto",
-    precision="fp32",
-    runs=20,
-    warmup=3,
-    conf=0.25,
-    head="one2one",
-    imgsz=640,
+    *,
+    device: str,
+    precision: str,
+    runs: int,
+    warmup: int,
+    conf: float,
+    head: str | None,
+    imgsz: int,
     config=None,
     trust=False,
 ) -> dict:
