@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test lint accuracy gpu-check clean-demo
+.PHONY: setup demo test test-slurm lint accuracy gpu-check clean-demo
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The workflow on a one-node SLURM cluster this starts on 127.0.0.1 (root; installs slurm-wlm and munge
+# with apt-get where missing), every job through --workflow-profile profiles/slurm; ~3 minutes, also in `make test`.
+test-slurm: setup
+	$(BIN)/python -m pytest -m slurm tests/test_slurm.py
 
 # The proxy accuracy benchmark on ../shared/data: prints the deltas table, writes
 # results/accuracy-yolov5n/report/deltas.{md,csv,json}.

@@ -13,6 +13,7 @@ from yolo_w4.config import (  # noqa: E402
     recipe_settings,
     validate_config,
 )
+from yolo_w4.download import checkpoint_source, coco_source, require_sha256  # noqa: E402
 from yolo_w4.errors import UserError  # noqa: E402
 from yolo_w4.names import FP  # noqa: E402
 
@@ -46,14 +47,40 @@ for key, value in (
 ):
     if "{" in value or "}" in value:
         fail(f"{key}: {value} contains {{ or }}, which Snakemake reads as a wildcard; rename or move the file")
-if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT):
+# `download: true`: each input that is absent becomes the output of a rule in rules/download.smk
+# ({"checkpoint" | "images" | "annotations": (target path, source)}); an input that exists never does.
+DOWNLOADS = {}
+if config["download"]:
+    try:
+        if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT):
+            DOWNLOADS["checkpoint"] = (CHECKPOINT, checkpoint_source(config, CHECKPOINT))
+        if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS:
+            DOWNLOADS["images"] = (COCO["images"], coco_source(config, "images"))
+        if not Path(COCO["annotations"]).is_file():
+            DOWNLOADS["annotations"] = (COCO["annotations"], coco_source(config, "annotations"))
+        for target, source in DOWNLOADS.values():
+            require_sha256(source, target)
+    except UserError as error:
+        fail(error)
+if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT) and "checkpoint" not in DOWNLOADS:
     fail(f"checkpoint not found: {CHECKPOINT} (set `checkpoint:` in the config or pass --config checkpoint=PATH)")
-if not Path(COCO["annotations"]).is_file():
+if not Path(COCO["annotations"]).is_file() and "annotations" not in DOWNLOADS:
     fail(f"annotations not found: {COCO['annotations']} (set `coco.annotations` in the config)")
-if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS:
+if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS and "images" not in DOWNLOADS:
     fail(f"COCO images folder not found: {COCO['images']} (set `coco.images` in the config)")
 if COCO["image_ids_list"] and not Path(COCO["image_ids_list"]).is_file():
     fail(f"image id list not found: {COCO['image_ids_list']} (config key `coco.image_ids_list`)")
+
+
+def download_path(key):
+    """The input rule download_{key} makes, if it is to be fetched; else a path nothing reads, so that
+    -F or --delete-all-output can never reach an input that was already there."""
+    return DOWNLOADS[key][0] if key in DOWNLOADS else f"results/.download-unused/{key}"
+
+
+def download_source(key):
+    return DOWNLOADS[key][1] if key in DOWNLOADS else None
+
 
 CALIBRATION = config["calibration"]
 
@@ -177,6 +204,24 @@ REPORT_FILES = {
 
 def report_path(key):
     return f"{RUN}/report/{REPORT_FILES[key]}"
+
+
+# The report's result categories in reading order, each with whether this run fills it. Snakemake's
+# menu sorts them by name, hence the numbers; a category is numbered among those this run shows, so
+# the menu reads 1..N with no gap whichever recipes are built (tests/test_report_categories.py).
+REPORT_CATEGORIES = {
+    "Deltas vs FP": True,
+    "Plots": True,
+    "Detections": True,  # one picture per variant; `build` names at least one
+    "Sensitivity": bool(CALIBRATED),  # layer_sensitivity: recipes on real calibration images
+    "Calibration": bool(SYNTHETIC),  # synthesize_calibration: data-free recipes
+}
+
+
+def report_category(name):
+    """'N. name' for report(category=...); an empty category keeps its place (nothing of it is shown)."""
+    shown = [category for category, filled in REPORT_CATEGORIES.items() if filled or category == name]
+    return f"{shown.index(name) + 1}. {name}"
 
 
 def all_outputs():

@@ -6,6 +6,9 @@ rule ultralytics_assets:
         "results/logs/ultralytics_assets.log",
     conda:
         "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=1000, runtime=10),
     script:
         "../scripts/ultralytics_assets.py"
 
@@ -21,6 +24,9 @@ rule coco_subset:
         f"{RUN}/logs/coco_subset.log",
     conda:
         "../envs/onnxruntime.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=2000, runtime=10),
     params:
         max_images=COCO["max_images"],
     script:
@@ -43,6 +49,9 @@ rule evaluate_coco:
         f"{RUN}/benchmarks/evaluate_coco/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/onnxruntime.yaml"
+    threads: THREADS
+    resources:
+        **job_resources(mem_mb=4000, runtime=60, gpu=True),
     params:
         head=config["head"],
         imgsz=config["imgsz"],
@@ -69,6 +78,9 @@ rule benchmark_latency:
         f"{RUN}/benchmarks/benchmark_latency/{MODEL}.tsv"
     conda:
         "../envs/onnxruntime.yaml"
+    threads: timing_threads
+    resources:
+        **job_resources(mem_mb=4000, runtime=30, gpu=True),
     params:
         names=[FP, *VARIANTS],
         device=config["device"],

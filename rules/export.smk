@@ -6,6 +6,9 @@ rule probe_runtime:
         f"{RUN}/logs/probe_runtime.log",
     conda:
         "../envs/onnxruntime.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=2000, runtime=10, gpu=True),
     params:
         device=config["device"],
         precision=config["precision"],
@@ -26,6 +29,9 @@ rule export_fp:
         f"{RUN}/benchmarks/export_fp/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=6000, runtime=30),
     params:
         precision=runtime_precision,
         head=config["head"],
@@ -47,6 +53,9 @@ rule export_qcdq:
         f"{RUN}/benchmarks/export_qcdq/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=6000, runtime=30),
     params:
         precision=runtime_precision,
         head=config["head"],
@@ -65,5 +74,8 @@ rule pack_int4:
         f"{RUN}/logs/pack_int4/{{model}}-{{variant}}.log",
     conda:
         "../envs/onnxruntime.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=4000, runtime=15),
     script:
         "../scripts/pack_int4.py"

@@ -9,6 +9,9 @@ rule seeded_checkpoint:
         seed=r"\d+",
     conda:
         "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=4000, runtime=15),
     params:
         arch=lambda wc: f"{wc.arch}.yaml",
         seed=lambda wc: int(wc.seed),
@@ -29,6 +32,9 @@ rule calibration_subset:
         f"{RUN}/logs/calibration_subset.log",
     conda:
         "../envs/onnxruntime.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=8000, runtime=15),
     params:
         max_images=CALIBRATION["max_images"],
     script:
@@ -42,7 +48,9 @@ rule synthesize_calibration:
     output:
         images=synthetic_path(),
         picture=report(
-            f"{RUN}/calibration/{MODEL}-synthetic.png", caption="report/synthetic.rst", category="5. Calibration"
+            f"{RUN}/calibration/{MODEL}-synthetic.png",
+            caption="report/synthetic.rst",
+            category=report_category("Calibration"),
         ),
     log:
         f"{RUN}/logs/synthesize_calibration/{MODEL}.log",
@@ -50,6 +58,9 @@ rule synthesize_calibration:
         f"{RUN}/benchmarks/synthesize_calibration/{MODEL}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: THREADS
+    resources:
+        **job_resources(mem_mb=16000, runtime=240, gpu=True),
     params:
         images=CALIBRATION["synthetic"]["images"],
         imgsz=CALIBRATION["synthetic"]["imgsz"] or config["imgsz"],
@@ -72,13 +83,13 @@ rule layer_sensitivity:
         table=report(
             sensitivity_path(),
             caption="report/sensitivity.rst",
-            category="4. Sensitivity",
+            category=report_category("Sensitivity"),
             labels={"item": "table (CSV)"},
         ),
         plot=report(
             f"{RUN}/sensitivity/{MODEL}.png",
             caption="report/sensitivity.rst",
-            category="4. Sensitivity",
+            category=report_category("Sensitivity"),
             labels={"item": "plot"},
         ),
     log:
@@ -87,6 +98,9 @@ rule layer_sensitivity:
         f"{RUN}/benchmarks/layer_sensitivity/{MODEL}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: THREADS
+    resources:
+        **job_resources(mem_mb=8000, runtime=240, gpu=True),
     params:
         head=config["head"],
         imgsz=config["imgsz"],
@@ -107,6 +121,9 @@ rule quantize_weights:
         f"{RUN}/benchmarks/quantize_weights/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: THREADS
+    resources:
+        **job_resources(mem_mb=16000, runtime=240, gpu=calibrated_variant),
     params:
         settings=lambda wc: RECIPES[wc.variant],
         head=config["head"],

@@ -10,14 +10,14 @@ rule deltas_report:
         csv=report(
             report_path("csv"),
             caption="report/deltas_csv.rst",
-            category="1. Deltas vs FP",
+            category=report_category("Deltas vs FP"),
             labels={"table": "all metrics (CSV)"},
         ),
         markdown=report_path("markdown"),
         html=report(
             report_path("html"),
             caption="report/deltas_html.rst",
-            category="1. Deltas vs FP",
+            category=report_category("Deltas vs FP"),
             labels={"table": "summary (HTML)"},
         ),
         rst=report_path("rst"),
@@ -25,19 +25,19 @@ rule deltas_report:
         map_plot=report(
             report_path("map_plot"),
             caption="report/map_plot.rst",
-            category="2. Plots",
+            category=report_category("Plots"),
             labels={"figure": "mAP and delta CI"},
         ),
         size_plot=report(
             report_path("size_plot"),
             caption="report/size_plot.rst",
-            category="2. Plots",
+            category=report_category("Plots"),
             labels={"figure": "size vs mAP"},
         ),
         latency_plot=report(
             report_path("latency_plot"),
             caption="report/latency_plot.rst",
-            category="2. Plots",
+            category=report_category("Plots"),
             labels={"figure": "latency"},
         ),
     log:
@@ -46,11 +46,15 @@ rule deltas_report:
         f"{RUN}/benchmarks/deltas_report.tsv"
     conda:
         "../envs/report.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=2000, runtime=30),
     params:
         names=[FP, *VARIANTS],
         packed=PACKED,
         resamples=config["bootstrap"]["resamples"],
         seed=config["bootstrap"]["seed"],
+        agreement_conf=config["eval"]["agreement_conf"],
     script:
         "../scripts/deltas_report.py"
 
@@ -65,13 +69,16 @@ rule draw_detections:
         report(
             f"{RUN}/report/detections/{{model}}-{{variant}}.png",
             caption="report/detections.rst",
-            category="3. Detections",
+            category=report_category("Detections"),
             labels={"variant": "{variant}"},
         ),
     log:
         f"{RUN}/logs/draw_detections/{{model}}-{{variant}}.log",
     conda:
         "../envs/onnxruntime.yaml"
+    threads: 1
+    resources:
+        **job_resources(mem_mb=2000, runtime=10),
     params:
         conf=config["report"]["draw_conf"],
         image_id=config["report"]["image_id"],

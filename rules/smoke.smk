@@ -11,6 +11,9 @@ rule smoke_test:
         f"{RUN}/benchmarks/smoke_test/{{model}}-{{variant}}.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: timing_threads
+    resources:
+        **job_resources(mem_mb=6000, runtime=30, gpu=True),
     params:
         image=config["smoke"]["image"],
         device=config["device"],

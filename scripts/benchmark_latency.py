@@ -7,6 +7,7 @@ sm = snakemake  # noqa: F821
 run_rule(
     sm,
     latency_step,
+    threads=min(sm.threads, sm.config["threads"]),  # a timing job holds every local core; computes with `threads`
     models=dict(zip(sm.params.names, sm.input.onnx)),
     ids_file=sm.input.ids,
     annotations=sm.input.annotations,

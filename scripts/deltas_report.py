@@ -17,5 +17,6 @@ run_rule(
     outputs=dict(sm.output.items()),
     resamples=sm.params.resamples,
     seed=sm.params.seed,
+    agreement_conf=sm.params.agreement_conf,
     config=sm.config,
 )

@@ -7,6 +7,7 @@ sm = snakemake  # noqa: F821
 run_rule(
     sm,
     smoke_step,
+    threads=min(sm.threads, sm.config["threads"]),  # a timing job holds every local core; computes with `threads`
     onnx_path=sm.input.onnx,
     checkpoint=sm.input.checkpoint,
     quantized=sm.input.get("quantized"),

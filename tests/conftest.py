@@ -53,3 +53,24 @@ def coco_photo(val_images):
     from yolo_w4.preprocess import load_input
 
     return load_input(val_images[0])
+
+
+def snakemake_jobs(log: str) -> dict[int, dict]:
+    """{jobid: {rule, local, threads, resources, wildcards}} from the job descriptions Snakemake logs
+    (a dry run's plan, or a run's stderr)."""
+    import re
+
+    jobs = {}
+    for match in re.finditer(r"^(local)?rule (\w+):\n((?:    .*\n)+)", log, re.M):
+        fields = dict(re.findall(r"^    (\w+): (.*)$", match.group(3), re.M))
+        if "jobid" not in fields:
+            continue
+        resources = dict(item.split("=", 1) for item in fields.get("resources", "").split(", ") if "=" in item)
+        jobs[int(fields["jobid"])] = {
+            "rule": match.group(2),
+            "local": bool(match.group(1)),
+            "threads": int(fields.get("threads", 1)),
+            "resources": resources,
+            "wildcards": fields.get("wildcards", ""),
+        }
+    return jobs

@@ -78,7 +78,9 @@ def test_steps_and_cli_take_config_values_from_the_config():
         for action in sub._actions:
             if action.default not in (None, False, [], "==SUPPRESS==") and action.dest not in ("help",):
                 options[f"{command} --{action.dest}"] = action.default
-    config_option = {f"{c} --config": str(DEFAULT_CONFIG) for c in ("synthesize", "quantize", "export", "smoke")}
+    config_option = {
+        f"{c} --config": str(DEFAULT_CONFIG) for c in ("synthesize", "quantize", "export", "smoke", "download")
+    }
     # the CLI exports FP32 unless told: `precision: auto` needs the runtime probe the workflow runs
     precision = {"export --precision": "fp32", "smoke --precision": "fp32"}
     seed = {"seed --arch": "yolov10n.yaml"}

@@ -425,7 +425,7 @@ def test_report_env_runs_the_deltas_report(report_venv, onnx_runs, artifacts, tm
             "latency": str(onnx_runs["latency"]),
         },
         output=outputs,
-        params={"names": names, "packed": [W4], "resamples": 50, "seed": 0},
+        params={"names": names, "packed": [W4], "resamples": 50, "seed": 0, "agreement_conf": 0.25},
     )  # fmt: skip
     markdown = Path(outputs["markdown"]).read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")][1:]

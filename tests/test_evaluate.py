@@ -41,6 +41,23 @@ def test_ground_truth_scores_one_and_nothing_scores_zero(val_subset):
     assert empty["mAP50_95"] == 0.0 and empty["AR100"] == 0.0
 
 
+def test_agreement_with_itself_is_one_with_nothing_zero_and_with_a_shifted_model_between(val_subset):
+    """Label-free agreement: the FP model's own detections (score >= conf) are the ground truth."""
+    from yolo_w4.evaluate import pseudo_ground_truth
+
+    coco, ids = val_subset
+    rng = np.random.default_rng(0)
+    fp = [{**d, "score": float(s)} for d, s in zip(ground_truth_as_detections(coco), rng.uniform(0.3, 1.0, 10**4))]
+    fp += [{**d, "score": 0.01} for d in ground_truth_as_detections(coco)[::3]]  # low-score clutter, not truth
+    pseudo = pseudo_ground_truth(coco, fp, conf=0.25)
+    assert len(pseudo["annotations"]) == len(ground_truth_as_detections(coco)) and pseudo["images"] == coco["images"]
+    assert score(pseudo, fp, ids)["mAP50_95"] == pytest.approx(1.0), "the FP model agrees with itself"
+    assert score(pseudo, [], ids)["mAP50_95"] == 0.0, "an empty detector agrees with nothing"
+    shifted = [{**d, "bbox": [d["bbox"][0] + 0.15 * d["bbox"][2], *d["bbox"][1:]]} for d in fp]
+    partial = score(pseudo, shifted, ids)
+    assert 0.2 < partial["mAP50_95"] < 0.8 and partial["mAP50"] > partial["mAP50_95"], partial
+
+
 def test_half_the_boxes_lowers_recall(val_subset):
     coco, ids = val_subset
     half = ground_truth_as_detections(coco)[::2]
@@ -252,9 +269,13 @@ def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head
     assert compared >= 5, "the comparison must cover real detections"
     import onnx
 
-    from yolo_w4.onnx_metadata import read_metadata
+    from yolo_w4.onnx_graph import read_metadata
     from yolo_w4.provenance import sha256
 
     packed = read_metadata(onnx.load(str(tmp_path / "w4-int4.onnx")))
     assert packed["yolo_w4_format"] == "int4" and packed["yolo_w4_variant"] == "w4a16_rtn"
     assert packed["yolo_w4_checkpoint_sha256"] == sha256(path) and packed["end2end"] == str(head == "one2one")
+    assert 4.0 < float(packed["yolo_w4_bits_per_weight"]) < 4.2, "4-bit weights plus one FP32 scale per channel"
+    assert packed["yolo_w4_recipe"].startswith("W4 rtn, minmax sym narrow")
+    fp = read_metadata(onnx.load(str(tmp_path / "fp.onnx")))
+    assert float(fp["yolo_w4_bits_per_weight"]) == 32.0 and fp["yolo_w4_recipe"] == "FP (no quantization)"

@@ -60,7 +60,8 @@ def run(tmp_path_factory):
         run_id,
         smoke={"image": str(photo), "runs": 3, "warmup": 1},
         build=["w4a16", "w8a16", "w4a16_mixed", "w4a16_bn"],  # w8a16, w4a16_bn from the catalog
-        variants={"w4a16_mixed": calibrated},  # a recipe added to the catalog by a user's config
+        # a recipe added to the catalog by a user's config, and a catalog entry changed by it (group-wise)
+        variants={"w4a16_mixed": calibrated, "w4a16_bn": {"group_size": 32}},
         calibration={
             "images": str(shared(*TRAIN_IMAGES)),
             "annotations": str(shared(*TRAIN_ANNOTATIONS)),
@@ -113,6 +114,19 @@ def test_export_records_clip_ranges_and_node_counts(run):
     assert w4["node_counts"]["DequantizeLinear"] == w4["node_counts"]["Clip"] == w4["node_counts"]["Conv"] - 1
     assert w4["inputs"]["checkpoint"]["sha256"] == w4["checkpoint"]["sha256"]
     assert w4["settings"]["weight_bits"] == 4 and w4["settings"]["method"] == "gptq"
+
+
+def test_group_wise_variant_exports_blocked_dequantize_and_matches_pytorch(run):
+    """w4a16_bn laid over with group_size 32 by the run's config: opset 21 blocked DequantizeLinear."""
+    results, _, _ = run
+    export = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_bn-qcdq-ptq.json").read_text())
+    assert export["settings"]["group_size"] == 32 and export["settings"]["bias_correction"] == "bn"
+    assert export["opset"] == 21 and 4.5 <= export["bits_per_weight"] < 4.6
+    assert {clip["block_size"] for clip in export["weight_clips"]} >= {32}
+    smoke = json.loads((results / "smoke" / "yolov10n-seed0-w4a16_bn.json").read_text())
+    assert smoke["parity"]["sqnr_db"] >= 80, smoke["parity"]
+    packed = json.loads((results / "onnx" / "yolov10n-seed0-w4a16_bn-int4-ptq.json").read_text())
+    assert packed["parity_vs_qcdq"]["max_abs_diff"] == 0.0
 
 
 def test_smoke_json_says_what_ran_and_how_close_it_is(run):
@@ -217,7 +231,8 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
 
     results, config, config_dir = run
     rows = list(csv.DictReader((results / "report" / "deltas.csv").open()))
-    assert rows[0]["variant"] == "fp"
+    assert rows[0]["variant"] == "fp" and float(rows[0]["agreement_mAP50_95"]) == pytest.approx(1.0)
+    assert all(0 <= float(row["agreement_mAP50_95"]) <= 1 for row in rows[1:]), "label-free agreement per variant"
     assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_bn", "w4a16_mixed", "w8a16"], (
         "config-added variants are new rows"
     )
@@ -253,6 +268,10 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     text = report.read_text()
     assert "Deltas against the FP baseline" in text and f"{float(w4['mAP50_95']):.3f}" in text
     assert "RANDOM WEIGHTS" in text
+    categories = json.loads(text.split("var categories = ", 1)[1].split(";\n", 1)[0])
+    assert sorted(categories) == ["1. Deltas vs FP", "2. Plots", "3. Detections", "4. Sensitivity", "5. Calibration"], (
+        "real and synthetic calibration in one run: every category, numbered in reading order"
+    )
 
 
 @pytest.mark.parametrize(

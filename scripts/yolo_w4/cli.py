@@ -10,6 +10,7 @@ python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_
 python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
 python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
 python -m yolo_w4 smoke --checkpoint yolov10m.pt --quantized w4.pt --onnx w4.onnx --out smoke.json
+python -m yolo_w4 download                  # the config's checkpoint and COCO val2017, if absent (verified)
 """
 
 import argparse
@@ -108,10 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     smoke.add_argument("--runs", type=int, help="timed runs (default: the config's smoke.runs)")
     smoke.add_argument("--out", required=True)
+
+    download = commands.add_parser(
+        "download", help="fetch the official checkpoint and COCO val2017 the config names, if absent, verified"
+    )
+    download.add_argument("--only", choices=("checkpoint", "coco"), help="fetch only this (default: both)")
+    download.add_argument("--checkpoint", help="where the checkpoint goes (default: the config's checkpoint)")
+    download.add_argument("--coco-images", help="image folder to make (default: the config's coco.images)")
+    download.add_argument("--coco-annotations", help="annotation file to make (default: the config's coco.annotations)")
+    download.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="a workflow config laid over config/config.yaml (its `sources`)"
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "download":  # no PyTorch needed
+        from yolo_w4.config import load_config
+        from yolo_w4.download import download_inputs
+
+        download_inputs(load_config(args.config), args.only, args.checkpoint, args.coco_images, args.coco_annotations)
+        return
     from yolo_w4 import steps_torch as steps
     from yolo_w4.config import load_config
 

@@ -109,6 +109,13 @@ def check_variant(name: str, settings: dict) -> None:
             f"{where}: calibration_source: synthetic needs a calibrated method "
             "(method gptq or adaround, bias_correction empirical or scale output); round-to-nearest reads no images"
         )
+    if settings["group_size"]:
+        clash = [f"{k}: {settings[k]}" for k, bad in (("symmetric", False), ("scale", "output")) if settings[k] == bad]
+        if clash:
+            raise UserError(
+                f"{where}: group_size {settings['group_size']} cannot be combined with {', '.join(clash)} "
+                "(group-wise grids are symmetric, with minmax or mse scales); drop one"
+            )
     if settings["method"] != "adaround":
         return
     clashes = [

@@ -1,7 +1,7 @@
 """Every variant's numbers next to the FP baseline's: deltas, % retained, size, speed."""
 
 from yolo_w4.evaluate import METRIC_NAMES
-from yolo_w4.names import FP
+from yolo_w4.names import FP, describe_settings
 
 
 def retained_pct(value, baseline):
@@ -11,30 +11,9 @@ def retained_pct(value, baseline):
     return round(100.0 * value / baseline, 2)
 
 
-def describe_settings(settings: dict | None) -> str:
-    """'W4 gptq+bias-corr, minmax sym narrow, 8-bit mixed >= 90%' — one cell of the deltas table."""
-    if not settings:
-        return "FP (no quantization)"
-    parts = [f"W{settings['weight_bits']} {settings.get('method', 'rtn')}"]
-    if settings.get("bias_correction", "none") != "none":
-        parts[0] += "+bias-corr" + ("(BN)" if settings["bias_correction"] == "bn" else "")
-    if settings.get("compensate_upstream"):
-        parts[0] += "+upstream-comp"
-    if settings.get("calibration_source") == "synthetic":
-        parts[0] += " on synthetic images (data-free)"
-    grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
-    parts.append(grid)
-    if settings.get("mixed"):
-        mixed = settings["mixed"]
-        parts.append(
-            f"{mixed['high_bits']}-bit mixed, >= {mixed['min_4bit_fraction']:.0%} at {settings['weight_bits']}"
-        )
-    if settings.get("keep_float"):
-        parts.append(f"float: {', '.join(settings['keep_float'])}")
-    return ", ".join(parts)
-
-
-def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict, packed: dict | None = None) -> list[dict]:
+def delta_rows(
+    metrics: dict, intervals: dict, exports: dict, latency: dict, packed: dict | None = None, agreement=None
+) -> list[dict]:
     """One row per model (FP first): metrics, deltas vs FP, bootstrap interval, size, latency.
 
     metrics: {variant: metrics JSON}; intervals: {variant: paired bootstrap of the mAP50-95
@@ -55,6 +34,7 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict, pac
             "ptq_seconds": record.get("ptq_seconds"),
             "weight_bits": record.get("weight_bits"),
             "weights_4bit_fraction": record.get("weights_4bit_fraction"),
+            "bits_per_weight": record.get("bits_per_weight"),
             "images": record["images"],
         }
         for name in METRIC_NAMES:
@@ -66,6 +46,11 @@ def delta_rows(metrics: dict, intervals: dict, exports: dict, latency: dict, pac
         interval = intervals.get(variant)
         row["delta_mAP50_95_ci_low"] = interval["low"] if interval else None
         row["delta_mAP50_95_ci_high"] = interval["high"] if interval else None
+        agrees = (agreement or {}).get(variant) or {}  # label-free: vs the FP model's own detections
+        row["agreement_mAP50_95"] = agrees.get("mAP50_95")
+        row["agreement_mAP50"] = agrees.get("mAP50")
+        row["agreement_ci_low"] = agrees.get("ci_low")
+        row["agreement_ci_high"] = agrees.get("ci_high")
         row["onnx_bytes"] = exports[variant]["bytes"]
         row["int4_bytes"] = packed[variant]["bytes"] if variant in packed else None
         row["size_ratio"] = round((row["int4_bytes"] or row["onnx_bytes"]) / base_bytes, 4)
@@ -93,6 +78,7 @@ SUMMARY_COLUMNS = (
         "weights ≤ 4 bit",
         lambda r: _fmt(r["weights_4bit_fraction"] * 100, 1, "%") if r["weights_4bit_fraction"] is not None else "0%",
     ),
+    ("bits/weight", lambda r: _fmt(r["bits_per_weight"], 2)),
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     ("mAP50", lambda r: _fmt(r["mAP50"])),
     ("Δ mAP50-95", lambda r: _fmt(r["delta_mAP50_95"], 4) if r["variant"] != FP else "—"),
@@ -105,6 +91,13 @@ SUMMARY_COLUMNS = (
         ),
     ),
     ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
+    (
+        "agreement mAP50-95 / mAP50 [95% CI]",
+        lambda r: (
+            f"{_fmt(r['agreement_mAP50_95'])} / {_fmt(r['agreement_mAP50'])}"
+            + (f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]" if r["variant"] != FP else "")
+        ),
+    ),
     ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),
     ("INT4 MB", lambda r: _fmt(r["int4_bytes"] / 1e6, 2) if r["int4_bytes"] else "—"),
     ("size vs FP", lambda r: _fmt(r["size_ratio"], 3, "×")),

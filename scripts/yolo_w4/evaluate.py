@@ -75,5 +75,26 @@ def summarize(evaluator) -> dict:
     return {name: round(float(v), 6) if v >= 0 else None for name, v in zip(METRIC_NAMES, evaluator.stats)}
 
 
+def pseudo_ground_truth(coco: dict, reference: list[dict], conf: float) -> dict:
+    """`coco` with its annotations replaced by the reference model's own detections scoring >= conf.
+
+    Label-free agreement: another model's detections scored against these say how closely it
+    reproduces the reference (the FP model), with no human labels; 1.0 for the reference itself.
+    """
+    kept = [d for d in reference if d["score"] >= conf]
+    annotations = [
+        {
+            "id": index,
+            "image_id": d["image_id"],
+            "category_id": d["category_id"],
+            "bbox": d["bbox"],
+            "area": d["bbox"][2] * d["bbox"][3],
+            "iscrowd": 0,
+        }
+        for index, d in enumerate(kept, 1)
+    ]
+    return {"images": coco["images"], "categories": coco["categories"], "annotations": annotations}
+
+
 def score(coco: dict, results: list[dict], image_ids) -> dict:
     return summarize(coco_eval(coco_ground_truth(coco), results, image_ids))

@@ -12,10 +12,10 @@ import copy
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from yolo_w4.files import atomic_path
 from yolo_w4.names import FP
+from yolo_w4.onnx_graph import graph_constants
 from yolo_w4.torch_compat import onnx_export_kwargs
 
 OPSET = 17
@@ -36,11 +36,21 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model.half() if precision == "fp16" else model.float()
 
 
-def model_metadata(detector, precision: str, variant: str = FP, settings: dict | None = None, batch: int = 1) -> dict:
-    """Ultralytics' exporter keys for this model (its AutoBackend reads them), plus our provenance keys."""
+def model_metadata(
+    detector, precision: str, variant: str = FP, settings: dict | None = None, batch: int = 1, model=None
+) -> dict:
+    """Ultralytics' exporter keys for this model (its AutoBackend reads them), plus our provenance keys.
+
+    model: the (quantized) model exported, for its stored bits per conv weight.
+    """
     import json
 
     import ultralytics
+
+    from yolo_w4.names import describe_settings
+    from yolo_w4.quantize import bits_per_weight
+
+    float_bits = 16 if precision == "fp16" else 32
 
     stride = getattr(detector.model, "stride", None)
     return {
@@ -60,13 +70,15 @@ def model_metadata(detector, precision: str, variant: str = FP, settings: dict |
         "yolo_w4_head": detector.head,
         "yolo_w4_precision": precision,
         "yolo_w4_checkpoint_sha256": detector.sha256,
+        "yolo_w4_recipe": describe_settings(settings),
+        "yolo_w4_bits_per_weight": round(bits_per_weight(model or detector.model, float_bits), 3),
         "yolo_w4_settings": json.dumps(settings, sort_keys=True, default=str) if settings else "null",
     }
 
 
 def _stamp(path, metadata: dict | None) -> None:
     if metadata:
-        from yolo_w4.onnx_metadata import set_metadata
+        from yolo_w4.onnx_graph import set_metadata
 
         model = onnx.load(str(path))
         set_metadata(model, metadata)
@@ -82,20 +94,25 @@ def export_fp(
     metadata: dict | None = None,
 ) -> None:
     """FP baseline with torch's TorchScript exporter (the same settings as the QCDQ export)."""
+    with atomic_path(path) as tmp:
+        _torch_export(model, tmp, imgsz, precision, batch)
+        _stamp(tmp, metadata)
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _torch_export(model: torch.nn.Module, path, imgsz: int, precision: str, batch: int) -> None:
     model = _cast(model, precision)
-    with atomic_path(path) as tmp, torch.no_grad():
+    with torch.no_grad():
         torch.onnx.export(
             model,
             (_example_input(imgsz, precision, batch),),
-            str(tmp),
+            str(path),
             opset_version=OPSET,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             do_constant_folding=True,
             **onnx_export_kwargs(),
         )
-        _stamp(tmp, metadata)
-        onnx.checker.check_model(str(tmp), full_check=True)
 
 
 def snap_to_grid(model: torch.nn.Module) -> torch.nn.Module:
@@ -142,6 +159,99 @@ def export_qcdq(
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
+GROUPWISE_OPSET = 21  # DequantizeLinear's block_size (blocked quantization) is opset 21
+
+
+def _plain_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """A copy with every GroupQuantConv2d replaced by a Conv2d holding its dequantized weight, and
+    {layer: (integers (out, n) int8, scales (out, groups), group_size, qmin, qmax)} of those layers."""
+    from yolo_w4.groupwise import groupwise_layers
+
+    plain = copy.deepcopy(model)
+    quantized = {}
+    with torch.no_grad():
+        for name, module in groupwise_layers(plain).items():
+            conv = torch.nn.Conv2d(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
+            )  # fmt: skip
+            conv.weight.copy_(module.quant_weight().value)
+            conv.bias.copy_(module.bias)
+            parent_name, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent_name) if parent_name else plain, child, conv)
+            integers = module.integers().reshape(module.out_channels, -1).to(torch.int8)
+            quantized[name] = (integers.numpy(), module.scale.detach().float().numpy(), module.group_size,
+                               module.qmin, module.qmax)  # fmt: skip
+    return plain.eval(), quantized
+
+
+def export_groupwise(
+    model: torch.nn.Module,
+    path,
+    imgsz: int = 640,
+    precision: str = "fp32",
+    batch: int = 1,
+    metadata: dict | None = None,
+) -> None:
+    """Group-wise quantized model as ONNX opset 21, QCDQ-style, written from its integers.
+
+    Brevitas' exporter refuses per-group scales, so the model is exported with its dequantized
+    weights and each group-wise conv's weight initializer is then replaced by: int8 integers
+    (out, in*kh*kw) -> Clip [qmin, qmax] -> DequantizeLinear(axis=1, block_size=group_size,
+    scales (out, groups) stored as FP16, Cast to FP32 in an FP32 file) -> Reshape (out, in, kh, kw)
+    -> Conv. INT4
+    packing (pack_int4) then works on it as on a per-channel QCDQ file.
+    """
+    from onnx import helper, numpy_helper, version_converter
+
+    plain, quantized = _plain_copy(model)
+    float_type = np.float16 if precision == "fp16" else np.float32
+    with atomic_path(path) as tmp:
+        _torch_export(plain, tmp, imgsz, precision, batch)
+        proto = version_converter.convert_version(onnx.load(str(tmp)), GROUPWISE_OPSET)
+        graph = proto.graph
+        initializers = {init.name: init for init in graph.initializer}
+        nodes, replaced = [], set()
+        for conv in [node for node in graph.node if node.op_type == "Conv"]:
+            layer = conv.input[1].removesuffix(".weight")
+            if layer not in quantized or conv.input[1] not in initializers:
+                continue
+            integers, scales, group_size, low, high = quantized[layer]
+            shape = list(numpy_helper.to_array(initializers[conv.input[1]]).shape)
+            parts = ("int", "min", "max", "clipped", "scale", "scale_cast", "dq", "shape")
+            names = {part: f"{layer}.weight_{part}" for part in parts}
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(integers, names["int"]),
+                    numpy_helper.from_array(np.array(low, np.int8), names["min"]),
+                    numpy_helper.from_array(np.array(high, np.int8), names["max"]),
+                    numpy_helper.from_array(scales.astype(np.float16), names["scale"]),  # FP16 values (groupwise.py)
+                    numpy_helper.from_array(np.array(shape, np.int64), names["shape"]),
+                ]
+            )
+            scale = names["scale"]
+            if float_type is np.float32:  # dequantize in FP32 (exact), from the FP16 scales stored
+                nodes.append(helper.make_node("Cast", [scale], [names["scale_cast"]], to=onnx.TensorProto.FLOAT))
+                scale = names["scale_cast"]
+            nodes += [
+                helper.make_node("Clip", [names["int"], names["min"], names["max"]], [names["clipped"]]),
+                helper.make_node(
+                    "DequantizeLinear", [names["clipped"], scale], [names["dq"]], axis=1, block_size=group_size
+                ),
+                helper.make_node("Reshape", [names["dq"], names["shape"]], [conv.input[1]]),
+            ]
+            replaced.add(conv.input[1])
+        if len(replaced) != len(quantized):
+            raise RuntimeError(f"export_groupwise found {len(replaced)} of {len(quantized)} group-wise conv weights")
+        for name in replaced:
+            graph.initializer.remove(initializers[name])
+        for node in reversed(nodes):  # constants only: ahead of every other node keeps the graph sorted
+            graph.node.insert(0, node)
+        onnx.save(proto, str(tmp))
+        _stamp(tmp, metadata)
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
 def _io_shapes(values) -> dict:
     shapes = {}
     for value in values:
@@ -154,10 +264,10 @@ def _io_shapes(values) -> dict:
 
 
 def _through_casts(consumers, name) -> list:
-    """Nodes that take `name` as their weight input, looking through Cast (FP16 exports)."""
+    """Nodes that take `name` as their weight input, looking through Cast (FP16 exports) and Reshape (group-wise)."""
     found = []
     for node in consumers[name]:
-        if node.op_type == "Cast":
+        if node.op_type in ("Cast", "Reshape") and node.input[0] == name:
             found += _through_casts(consumers, node.output[0])
         elif len(node.input) > 1 and node.input[1] == name:
             found.append(node)
@@ -168,15 +278,13 @@ def onnx_summary(path) -> dict:
     """Node counts, I/O, and for every weight Clip -> DequantizeLinear -> Conv the integer range."""
     model = onnx.load(str(path))
     graph = model.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    constants = graph_constants(graph)
     consumers = collections.defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
 
+    producers = {out: node for node in graph.node for out in node.output}
     weight_clips = []
     for node in graph.node:
         if node.op_type != "Clip" or node.input[0] not in constants:
@@ -186,21 +294,25 @@ def onnx_summary(path) -> dict:
         if not convs:
             continue
         weight = constants[node.input[0]]
-        scale = constants.get(dequant[0].input[1])
+        scale_name = dequant[0].input[1]
+        while scale_name not in constants and scale_name in producers:  # through the Cast of FP16 group scales
+            scale_name = producers[scale_name].input[0]
+        scale = constants.get(scale_name)
         weight_clips.append(
             {
                 "layer": convs[0].input[2].removesuffix(".bias") if len(convs[0].input) > 2 else convs[0].name,
                 "int_dtype": weight.dtype.name,
                 "min": int(np.asarray(constants[node.input[1]])),
                 "max": int(np.asarray(constants[node.input[2]])),
-                "channels": int(np.size(scale)) if scale is not None else None,
+                "channels": int(np.size(scale)) if scale is not None else None,  # scales (groups: out x groups)
+                "scale_dtype": scale.dtype.name if scale is not None else None,
+                "block_size": next((a.i for a in dequant[0].attribute if a.name == "block_size"), None),
                 "values_min": int(weight.min()),
                 "values_max": int(weight.max()),
                 "weights": int(weight.size),
             }
         )
     counts = collections.Counter(node.op_type for node in graph.node)
-    producers = {out: node for node in graph.node for out in node.output}
     conv_weights = {
         node.name: _weight_size(node.input[1], constants, producers) for node in graph.node if node.op_type == "Conv"
     }

@@ -44,6 +44,7 @@ def interleaved_latency(
             for name in names
         },
         "rounds": rounds,
+        "intra_op_num_threads": sessions[baseline][1]["intra_op_num_threads"],  # every session's (0: ORT's default)
         "images": [str(p) for p in images],
         "method": "interleaved: each round runs every model once per image, order rotated each round",
     }

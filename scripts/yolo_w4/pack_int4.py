@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import TensorProto, helper, version_converter
 
 from yolo_w4.errors import UserError
 from yolo_w4.files import atomic_path
-from yolo_w4.onnx_metadata import read_metadata, set_metadata
+from yolo_w4.onnx_graph import graph_constants, read_metadata, set_metadata
 
 INT4_OPSET = 21  # first opset whose DequantizeLinear takes INT4 / UINT4
 INT4_IR_VERSION = 10  # first IR version with the 4-bit element types
@@ -31,15 +31,6 @@ def pack_nibbles(values: np.ndarray) -> bytes:
     if nibbles.size % 2:
         nibbles = np.append(nibbles, np.uint8(0))
     return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
-
-
-def _constants(graph) -> dict:
-    """{name: array} of initializers and Constant node outputs."""
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return constants
 
 
 def _four_bit_type(weight: np.ndarray, low: int, high: int):
@@ -76,7 +67,7 @@ def pack_int4(qcdq_path, output) -> dict:
     graph = model.graph
     if any(init.data_type in (TensorProto.INT4, TensorProto.UINT4) for init in graph.initializer):
         raise UserError(f"{qcdq_path} is already INT4-packed: pack the QCDQ export (*-qcdq-ptq.onnx) instead")
-    constants = _constants(graph)
+    constants = graph_constants(graph)
     consumers = collections.defaultdict(list)
     for node in graph.node:
         for name in node.input:

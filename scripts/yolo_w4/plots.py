@@ -36,14 +36,22 @@ def plot_map(rows: list[dict], path) -> None:
 
 
 def plot_size_vs_map(rows: list[dict], path) -> None:
-    figure, axis = plt.subplots(figsize=(5.5, 4))
+    """Left: mAP50-95 against stored bits per conv weight (scales included). Right: against file size."""
+    figure, (bits_axis, size_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
+        value = row["mAP50_95"] or 0
         size = (row["int4_bytes"] or row["onnx_bytes"]) / 1e6
-        axis.scatter(size, row["mAP50_95"] or 0, s=50)
-        axis.annotate(row["variant"], (size, row["mAP50_95"] or 0), textcoords="offset points", xytext=(6, 4))
-    axis.set_xlabel("ONNX file size (MB; INT4-packed where 4-bit)")
-    axis.set_ylabel("mAP50-95")
-    axis.set_title("Size vs accuracy")
+        for axis, x in ((bits_axis, row.get("bits_per_weight")), (size_axis, size)):
+            if x is None:
+                continue
+            axis.scatter(x, value, s=50)
+            axis.annotate(row["variant"], (x, value), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    bits_axis.set_xscale("log", base=2)
+    bits_axis.set_xlabel("bits per conv weight (log2; 4-bit integers + FP16 scales per channel or group)")
+    bits_axis.set_ylabel("mAP50-95")
+    bits_axis.set_title("Bits per weight vs accuracy")
+    size_axis.set_xlabel("ONNX file size (MB; INT4-packed where 4-bit)")
+    size_axis.set_title("Size vs accuracy")
     _save(figure, path)
 
 

@@ -191,8 +191,9 @@ def integer_range(bits: int, narrow_range: bool) -> tuple[int, int]:
 def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_order: bool = True, block: int = 128):
     """GPTQ (Frantar et al. 2023) for G independent groups at once.
 
-    weight (G, O, n), hessian (G, n, n), scale (G, O): returns the quantized weight (G, O, n),
-    every value on its channel's grid scale * [qmin, qmax]. Columns are quantized in order of
+    weight (G, O, n), hessian (G, n, n), scale (G, O) per channel or (G, O, n) per weight (group-wise
+    scales, fixed before the columns are reordered: "static groups"): returns the quantized weight
+    (G, O, n), every value on its own grid scale * [qmin, qmax]. Columns are quantized in order of
     decreasing Hessian diagonal (act_order); each column's rounding error is spread over the
     columns not yet quantized, weighted by the inverse Hessian, so the layer's output error
     E||(W - Q) x||² is what is minimised, not the weight error.
@@ -200,7 +201,8 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
     W = weight.double().clone()
     H = hessian.double().clone()
     groups, _, width = W.shape
-    s = scale.double().unsqueeze(-1)  # (G, O, 1)
+    S = scale.double()
+    S = (S.unsqueeze(-1) if S.dim() == 2 else S).expand_as(W)  # (G, O, n): each weight's scale
     diagonal = torch.diagonal(H, dim1=1, dim2=2)
     dead = diagonal == 0
     diagonal[dead] = 1.0
@@ -210,6 +212,7 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
     else:
         perm = torch.arange(width, device=W.device).expand(groups, width)
     W = W.gather(2, perm.unsqueeze(1).expand_as(W))
+    S = S.gather(2, perm.unsqueeze(1).expand_as(S))
     H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
     H += (
         damp
@@ -225,7 +228,7 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
         Hinv1 = Hinv[:, start:end, start:end]
         for i in range(end - start):
             column = W1[:, :, i]
-            q = round_to_grid(column, s[..., 0], qmin, qmax)
+            q = round_to_grid(column, S[:, :, start + i], qmin, qmax)
             Q[:, :, start + i] = q
             error = (column - q) / Hinv1[:, i, i].unsqueeze(1)
             W1[:, :, i:] -= error.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
@@ -288,8 +291,9 @@ class ConvFit:
         self.record = {"weights_changed": 0, "bias_shift_max": 0.0, "clip_ratio_mean": 1.0}
 
     def scale(self) -> torch.Tensor:
-        """The current per-channel scales, (G, O)."""
-        return self.module.quant_weight().scale.detach().reshape(self.groups, -1)
+        """The current scale of every weight, (G, O, n): per channel (Brevitas) or per group (groupwise.py)."""
+        scale = self.module.quant_weight().scale.detach()
+        return _grouped(scale.expand_as(self.module.weight), self.groups)
 
     def finish(self) -> dict:
         self.record["weights_changed"] = int((self.module.quant_weight().value.detach() != self.before).sum())
@@ -298,7 +302,7 @@ class ConvFit:
 
 def apply_output_scale(fit: ConvFit) -> None:
     """Per-channel clipping searched for the least output error on calibration inputs (`scale: output`)."""
-    ratio = output_aware_scale(fit.weight_fp, fit.stats.hessian, fit.scale(), fit.qmin, fit.qmax)
+    ratio = output_aware_scale(fit.weight_fp, fit.stats.hessian, fit.scale()[..., 0], fit.qmin, fit.qmax)
     threshold = fit.module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
     threshold.mul_(ratio.reshape(threshold.shape))
     fit.record["clip_ratio_mean"] = float(ratio.mean())

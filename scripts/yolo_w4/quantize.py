@@ -1,9 +1,9 @@
 """Weight-only post-training quantization of a fused detector with Brevitas.
 
-One function per step, options as plain arguments (after Brevitas' `ptq_common.py`):
-`weight_quantizer` picks the Brevitas quantizer, `quantizable_layers` says which convs get
-it, `quantize_weights` swaps them in, `quantization_summary` says what happened. Inputs,
-outputs and biases stay floating point: this is W4A16, not W4A8.
+The grid every recipe starts from, round to nearest (recipe.py composes the calibrated
+techniques on top): `weight_quantizer` picks the Brevitas quantizer, `quantizable_layers`
+says which convs get it, `quantize_weights` swaps them in, `quantization_summary` says what
+happened. Inputs, outputs and biases stay floating point: this is W4A16, not W4A8.
 """
 
 import copy
@@ -80,7 +80,8 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights: round to nearest.
 
     settings: a resolved recipe (yolo_w4.config); reads weight_bits, scale, symmetric,
-    narrow_range, keep_float and, for mixed precision, layer_bits {name: bits}.
+    narrow_range, keep_float, group_size (set: groupwise.GroupQuantConv2d instead of Brevitas
+    per-channel layers) and, for mixed precision, layer_bits {name: bits}.
     """
     from brevitas.graph.quantize import layerwise_quantize
 
@@ -92,6 +93,14 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     if unknown:
         raise UserError(f"layer_bits names layers that are not quantized convs: {', '.join(unknown[:5])}")
     quantized = copy.deepcopy(model)
+    if settings.get("group_size"):
+        from yolo_w4.groupwise import swap_in_groupwise
+
+        bits_of = {name: int(layer_bits.get(name, settings["weight_bits"])) for name in selected}
+        swap_in_groupwise(
+            quantized, selected, bits_of, settings["group_size"], settings["narrow_range"], settings["scale"]
+        )
+        return quantized.eval()
     by_bits = {}
     for name in selected:
         by_bits.setdefault(int(layer_bits.get(name, settings["weight_bits"])), []).append(name)
@@ -118,7 +127,11 @@ def quantization_summary(model: torch.nn.Module) -> dict:
         count = module.weight.numel()
         total += count
         four_bit += count if bits == 4 else 0
-        layers.append({"name": name, "bits": bits, "weights": count, "shape": list(module.weight.shape)})
+        layer = {"name": name, "bits": bits, "weights": count, "shape": list(module.weight.shape)}
+        if bits is not None:  # one scale per output channel, or per group (groupwise.GroupQuantConv2d)
+            layer["scales"] = int(module.scale.numel()) if hasattr(module, "group_size") else module.out_channels
+            layer["group_size"] = getattr(module, "group_size", None)
+        layers.append(layer)
     quantizable = sum(layer["weights"] for layer in layers if not layer["name"].endswith(".dfl.conv"))
     return {
         "layers": layers,
@@ -126,4 +139,24 @@ def quantization_summary(model: torch.nn.Module) -> dict:
         "float_layers": sum(layer["bits"] is None for layer in layers),
         "weights_4bit_fraction": four_bit / quantizable if quantizable else 0.0,
         "conv_weights": total,
+        "bits_per_weight": round(_bits_per_weight(layers, 16), 3),  # scales stored as FP16 (the deployable file)
     }
+
+
+def bits_per_weight(model: torch.nn.Module, float_bits: int = 32) -> float:
+    return _bits_per_weight(quantization_summary(model)["layers"], float_bits)
+
+
+def _bits_per_weight(layers: list[dict], float_bits: int) -> float:
+    """Stored bits per conv weight: integer bits plus a `float_bits` scale per channel or group; float layers at float_bits.
+
+    float_bits: the width scales and float weights are stored at (32 in an FP32 file, 16 in FP16).
+    """
+    stored = weights = 0
+    for layer in layers:
+        weights += layer["weights"]
+        if layer["bits"] is None:
+            stored += layer["weights"] * float_bits
+        else:
+            stored += layer["weights"] * layer["bits"] + layer["scales"] * float_bits
+    return stored / weights

@@ -28,7 +28,7 @@ class LearnedRounding:
     def __init__(self, conv, target: torch.Tensor, bits: int, narrow_range: bool, learn_bias: bool):
         self.conv = conv
         self.qmin, self.qmax = integer_range(bits, narrow_range)
-        self.scale = conv.quant_weight().scale.detach().reshape(-1, *([1] * (target.dim() - 1)))
+        self.scale = conv.quant_weight().scale.detach().expand_as(target)  # per channel or per group
         scaled = target / self.scale
         self.floor = torch.floor(scaled)
         rest = (scaled - self.floor).clamp(0.01, 0.99)

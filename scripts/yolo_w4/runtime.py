@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from yolo_w4.errors import UserError
+from yolo_w4.threads import get_threads
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -69,6 +70,13 @@ def preload_cuda_libraries(onnxruntime) -> str | None:
 _PROBES: dict = {}
 
 
+def session_options(onnxruntime, threads: int | None = None):
+    """SessionOptions with `threads` intra-op threads (None: this process's, yolo_w4.threads; 0: ORT's default)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = get_threads() if threads is None else threads
+    return options
+
+
 def probe_providers(device: str = "auto") -> dict:
     """Which provider ONNX Runtime really runs here, and why CUDA was not used when it was asked for.
 
@@ -102,7 +110,7 @@ def probe_providers(device: str = "auto") -> dict:
         record["cuda_reason"] = f"onnxruntime {onnxruntime.__version__} has no CUDA provider (install onnxruntime-gpu)"
     else:
         record["preload_dlls"] = preload_cuda_libraries(onnxruntime) or "ok"
-        options = onnxruntime.SessionOptions()
+        options = session_options(onnxruntime)
         options.log_severity_level = 4
         session = onnxruntime.InferenceSession(_tiny_model(), options, providers=requested)
         record["provider_used"] = session.get_providers()[0]
@@ -127,13 +135,13 @@ def resolve_precision(precision: str, device: str, probe: dict | None = None) ->
     return "fp16" if probe["provider_used"] == CUDA else "fp32"
 
 
-def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
-    """An InferenceSession plus a record of the providers requested, available and used.
+def create_session(path, device: str = "auto", disable_quant_qdq: bool = True, threads: int | None = None):
+    """An InferenceSession plus a record of the providers requested, available and used, and its threads.
 
     `session.disable_quant_qdq=1` stops ORT from fusing Q/DQ pairs into integer kernels and
     lets it constant-fold each weight's DequantizeLinear once, instead of re-running it on
     every inference: activations stay float, as W4A16 intends. When CUDA was asked for and
-    not used, the record says why.
+    not used, the record says why. threads: intra-op threads (None: this process's).
     """
     import onnxruntime
 
@@ -144,7 +152,7 @@ def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
             f"device: cuda, but ONNX Runtime cannot use CUDA here: {probe['cuda_reason']}; set device: auto or cpu"
         )
     available = onnxruntime.get_available_providers()
-    options = onnxruntime.SessionOptions()
+    options = session_options(onnxruntime, threads)
     options.add_session_config_entry("session.disable_quant_qdq", "1" if disable_quant_qdq else "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -162,6 +170,7 @@ def create_session(path, device: str = "auto", disable_quant_qdq: bool = True):
         "provider_used": used[0],
         "cuda_reason": probe["cuda_reason"] if used[0] != CUDA else None,
         "disable_quant_qdq": disable_quant_qdq,
+        "intra_op_num_threads": options.intra_op_num_threads,  # 0: ONNX Runtime's default, one per core
     }
     return session, record
 

@@ -46,6 +46,7 @@ def smoke_test(
         "onnx": str(onnx_path),
         **providers,
         "precision": precision,
+        "threads": {"onnxruntime_intra_op": providers["intra_op_num_threads"], "torch": torch.get_num_threads()},
         "input_dtype": str(feed[next(iter(feed))].dtype),
         "model_io": io_record(session),
         "latency": {**time_runs(lambda: session.run(None, feed), runs, warmup), "batch": 1},

@@ -7,8 +7,8 @@ they reach, at any depth, against that env.
 
 from pathlib import Path
 
-from yolo_w4.deltas import describe_settings
 from yolo_w4.files import read_json, write_json
+from yolo_w4.names import describe_settings
 from yolo_w4.provenance import input_record, sha256, utc_now, versions
 
 
@@ -112,6 +112,7 @@ def evaluate_step(
         },
         "weights_4bit_fraction": exported.get("weights_4bit_fraction"),
         "weight_bits": (exported.get("settings") or {}).get("weight_bits"),
+        "bits_per_weight": exported.get("bits_per_weight"),
         "settings": describe_settings(exported.get("settings")),
         "ptq_seconds": (exported.get("settings") or {}).get("ptq_seconds"),
         "random_weights": (exported.get("checkpoint") or {}).get("random_weights"),

@@ -19,18 +19,20 @@ def report_step(
     *,
     resamples: int,
     seed: int,
+    agreement_conf: float,
     config=None,
     packed=None,
 ) -> list[dict]:
     """Deltas vs FP with paired bootstrap intervals -> CSV, Markdown, HTML, RST, JSON, plots.
 
-    packed: {variant: INT4 packing record} for the variants with 4-bit weights.
+    packed: {variant: INT4 packing record} for the variants with 4-bit weights. agreement_conf:
+    the FP detections kept as pseudo ground truth for the label-free agreement score.
     """
     from yolo_w4 import plots, report
     from yolo_w4.bootstrap import paired_bootstrap
     from yolo_w4.coco_subset import load_coco
     from yolo_w4.deltas import delta_rows
-    from yolo_w4.evaluate import coco_eval, coco_ground_truth
+    from yolo_w4.evaluate import coco_eval, coco_ground_truth, pseudo_ground_truth, summarize
 
     sources = {  # every record the table is built from, by sha256: a published table can be traced
         **{f"metrics/{name}": path for name, path in metrics.items()},
@@ -52,12 +54,27 @@ def report_step(
             )
     gt = coco_ground_truth(load_coco(annotations))
     image_ids = sorted(gt.getImgIds())
-    evaluators = {name: coco_eval(gt, read_json(path), image_ids) for name, path in detections.items()}
+    found = {name: read_json(path) for name, path in detections.items()}
+    evaluators = {name: coco_eval(gt, found[name], image_ids) for name in found}
     intervals = {
         name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
     }
-    rows = delta_rows(metrics, intervals, exports, latency, packed)
+    pseudo = coco_ground_truth(pseudo_ground_truth(gt.dataset, found[FP], agreement_conf))
+    agreeing = {name: coco_eval(pseudo, found[name], image_ids) for name in found}
+    agreement = {}
+    for name, evaluator in agreeing.items():
+        paired = paired_bootstrap(agreeing[FP], evaluator, resamples, seed)  # FP vs itself: 1.0 in every resample
+        agreement[name] = {
+            **{key: summarize(evaluator)[key] for key in ("mAP50_95", "mAP50")},
+            "ci_low": round(1 + paired["low"], 6),
+            "ci_high": round(1 + paired["high"], 6),
+        }
+    rows = delta_rows(metrics, intervals, exports, latency, packed, agreement)
     notes = report_notes(metrics, latency, resamples)
+    notes.append(
+        f"Agreement: each model's detections scored against the FP model's own detections with score >= "
+        f"{agreement_conf} as ground truth (no labels; FP = 1.0), 95% CI by the same bootstrap."
+    )
     notes.append(f"Built from {len(sources)} records; deltas.json lists each by path and sha256 (`inputs`).")
     title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
     report.write_csv(outputs["csv"], rows)
@@ -67,7 +84,8 @@ def report_step(
     write_json(
         outputs["json"],
         {
-            "rows": rows, "bootstrap": intervals, "notes": notes, "image_ids_sha256": ids,
+            "rows": rows, "bootstrap": intervals, "agreement": agreement, "agreement_conf": agreement_conf,
+            "notes": notes, "image_ids_sha256": ids,
             "inputs": input_record(sources), "config": config, "versions": versions(), "created": utc_now(),
         },
     )  # fmt: skip

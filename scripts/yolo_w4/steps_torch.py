@@ -8,7 +8,7 @@ from pathlib import Path
 
 from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
 from yolo_w4.errors import UserError
-from yolo_w4.export import export_fp, export_qcdq, onnx_summary
+from yolo_w4.export import export_fp, export_groupwise, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
 from yolo_w4.names import FP
 from yolo_w4.provenance import input_record, utc_now, versions
@@ -26,6 +26,13 @@ def calibration_tensors(annotations, images_dir, ids_file, imgsz: int, limit: in
 
     files = image_paths(load_coco(annotations), images_dir)
     return [torch.from_numpy(load_input(files[i], imgsz)[0]) for i in read_ids(ids_file)[:limit]]
+
+
+def _torch_threads() -> int:
+    """PyTorch's intra-op threads in this process (a Snakemake job's threads: rule_runner sets them)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def seeded_step(output, arch: str = "yolov10n.yaml", seed: int = 0) -> None:
@@ -61,6 +68,7 @@ def synthesize_step(
         unfused_model(checkpoint, trust=trust), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device
     )
     settings["device"] = device
+    settings["threads"] = _torch_threads()
     settings["seconds"] = round(time.perf_counter() - started, 1)
     if picture:
         contact_sheet(tensors, picture)
@@ -99,7 +107,7 @@ def quantize_step(
     from yolo_w4.torch_device import resolve_torch_device
 
     started = time.perf_counter()
-    settings = {**settings, "device": resolve_torch_device(device)}
+    settings = {**settings, "device": resolve_torch_device(device), "threads": _torch_threads()}
     ckpt = unpickle_checkpoint(checkpoint, trust=trust)  # once per job: fusing changes its model, so copy first
     unfused = unfused_model(checkpoint, ckpt=ckpt) if settings["bias_correction"] == "bn" else None
     detector = load_detector(checkpoint, head, imgsz, trust=trust, ckpt=ckpt)
@@ -188,8 +196,10 @@ def export_step(
     model, detector, quantized_record = _load_model(checkpoint, quantized, head, imgsz, trust)
     settings = quantized_record["settings"] if quantized_record else None
     variant = quantized_record["variant"] if quantized_record else FP
-    metadata = model_metadata(detector, precision, variant, settings)
-    if quantized:
+    metadata = model_metadata(detector, precision, variant, settings, model=model)
+    if quantized and settings.get("group_size"):
+        export_groupwise(model, output, detector.imgsz, precision, metadata=metadata)
+    elif quantized:
         export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)
     else:
         export_fp(model, output, detector.imgsz, precision, metadata=metadata)
@@ -200,6 +210,10 @@ def export_step(
         "format": "qcdq" if quantized else "float",
         "precision": precision,
         "settings": settings,
+        # conv weights' stored bits, scales at FP16 (the deployable INT4 file); FP: the float width
+        "bits_per_weight": quantized_record["summary"]["bits_per_weight"]
+        if quantized
+        else (16 if precision == "fp16" else 32),
         "checker": "onnx.checker.check_model(full_check=True) passed",
         **onnx_summary(output),
         "checkpoint": detector.describe(),

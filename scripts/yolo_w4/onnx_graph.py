@@ -1,4 +1,6 @@
-"""Metadata in every ONNX file we write, so that clients need not guess.
+"""Reading ONNX graphs without PyTorch: their constants, and the metadata every file we write carries.
+
+Metadata, so that clients need not guess:
 
 Ultralytics' exporter stores its keys in `metadata_props` (class names, stride, image size,
 batch, task, whether the head is NMS-free) and its AutoBackend reads them back: without
@@ -7,6 +9,17 @@ output from one that needs NMS. We write the same keys with the same meanings, p
 provenance keys (`yolo_w4_*`), which Ultralytics ignores. No PyTorch here: the INT4 packing
 rule's env has none.
 """
+
+from onnx import numpy_helper
+
+
+def graph_constants(graph) -> dict:
+    """{name: numpy array} of a graph's initializers and Constant node outputs."""
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return constants
 
 
 def read_metadata(model) -> dict:

@@ -1,0 +1,121 @@
+"""Group-wise weight quantization: one scale per `group_size` weights of each output channel.
+
+A per-channel 4-bit grid spends one scale on a whole output channel (in x kh x kw weights,
+up to thousands); a few large weights then stretch it for all. LLM W4A16 recipes give each
+run of 32-128 weights along the reduction dimension its own scale instead, and ONNX opset
+21 says the same thing directly: a `DequantizeLinear` with `axis=1, block_size=group_size`
+over the 2-D `[out, in*kh*kw]` integers (export.export_groupwise writes it).
+
+Brevitas' QCDQ exporter refuses per-group scales, so group-wise convs are this module, not
+Brevitas layers; it offers the part of Brevitas' interface the PTQ code reads
+(`weight_quant.bit_width()`, `quant_weight().value/.scale`), with `.scale` per weight.
+A layer whose reduction size is not above the group size gets one group: per channel.
+Scales are FP16 values, stored as FP16 (16 bits per group: 4.5 bits per weight at 32).
+The last group of a row may be shorter (ceil groups), as blocked DequantizeLinear allows.
+"""
+
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+
+from yolo_w4.ptq import integer_range, round_to_grid
+
+QuantWeight = namedtuple("QuantWeight", "value scale")
+MSE_RATIOS = torch.linspace(0.3, 1.0, 71)  # clipping ratios of the max searched by `scale: mse`
+FP16_TINY, FP16_MAX = 2.0**-14, 65504.0
+
+
+class GroupQuantProxy:
+    """What our PTQ code asks of a Brevitas weight-quant proxy: the bit width, and that it is on."""
+
+    is_quant_enabled = True
+
+    def __init__(self, bits: int):
+        self.bits = bits
+
+    def bit_width(self) -> torch.Tensor:
+        return torch.tensor(float(self.bits))
+
+
+def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
+    """Scales rounded to FP16 values (at least FP16's smallest normal): the file stores them as FP16, losing nothing."""
+    return scale.clamp(FP16_TINY, FP16_MAX).half().float()
+
+
+def group_scales(weight: torch.Tensor, group_size: int, bits: int, narrow_range: bool, method: str) -> torch.Tensor:
+    """(out, groups) scales of a conv weight: max |w| / qmax per group (minmax), or the clipped max
+    with the least squared weight error (mse); every scale an FP16 value (`fp16_exact`)."""
+    qmin, qmax = integer_range(bits, narrow_range)
+    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    width = rows.shape[1]
+    groups = -(-width // group_size)
+    padded = F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
+    amax = padded.abs().amax(-1).clamp_min(1e-8)
+    if method == "minmax":
+        return fp16_exact(amax / qmax)
+    best_error = torch.full_like(amax, float("inf"))
+    best = fp16_exact(amax / qmax)
+    for ratio in MSE_RATIOS.to(weight.device):
+        scale = fp16_exact(amax * ratio / qmax)
+        error = (padded - round_to_grid(padded, scale.unsqueeze(-1), qmin, qmax)).pow(2).sum(-1)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best = torch.where(better, scale, best)
+    return best
+
+
+class GroupQuantConv2d(torch.nn.Conv2d):
+    """A Conv2d with fake-quantized group-wise weights: integers in [qmin, qmax] times their group's scale."""
+
+    def __init__(self, conv: torch.nn.Conv2d, bits: int, group_size: int, narrow_range: bool, scale: str):
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+        )
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            self.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(self.bias))
+        self.bits, self.narrow_range = bits, narrow_range
+        self.group_size = min(group_size, self.weight[0].numel())  # reduction size <= group: per channel
+        self.qmin, self.qmax = integer_range(bits, narrow_range)
+        self.register_buffer("scale", group_scales(self.weight, self.group_size, bits, narrow_range, scale))
+        self.weight_quant = GroupQuantProxy(bits)
+
+    def element_scale(self) -> torch.Tensor:
+        """The scale of every weight, shaped like the weight."""
+        width = self.weight[0].numel()
+        return self.scale.repeat_interleave(self.group_size, dim=1)[:, :width].reshape(self.weight.shape)
+
+    def integers(self) -> torch.Tensor:
+        return torch.clamp(torch.round(self.weight / self.element_scale()), self.qmin, self.qmax)
+
+    def quant_weight(self) -> QuantWeight:
+        scale = self.element_scale()
+        return QuantWeight(self.integers() * scale, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quant_weight().value, self.bias)
+
+
+def groupwise_layers(model: torch.nn.Module) -> dict:
+    """{name: GroupQuantConv2d} of a model."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, GroupQuantConv2d)}
+
+
+def swap_in_groupwise(model: torch.nn.Module, names, bits_of: dict, group_size: int, narrow_range: bool, scale: str):
+    """Replace the convs `names` of `model` (in place) by GroupQuantConv2d with bits_of[name] bits."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        conv = getattr(parent, child)
+        setattr(parent, child, GroupQuantConv2d(conv, bits_of[name], group_size, narrow_range, scale))
+    return model
