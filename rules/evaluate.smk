@@ -51,7 +51,7 @@ rule evaluate_coco:
         "../envs/onnxruntime.yaml"
     threads: THREADS
     resources:
-        **job_resources(mem_mb=4000, runtime=60, gpu=True),
+        **job_resources(mem_mb=4000, runtime=30, gpu=True),
     params:
         head=config["head"],
         imgsz=config["imgsz"],

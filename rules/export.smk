@@ -31,7 +31,7 @@ rule export_fp:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        **job_resources(mem_mb=6000, runtime=30),
+        **job_resources(mem_mb=4000, runtime=15),
     params:
         precision=runtime_precision,
         head=config["head"],
@@ -55,7 +55,7 @@ rule export_qcdq:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        **job_resources(mem_mb=6000, runtime=30),
+        **job_resources(mem_mb=4000, runtime=15),
     params:
         precision=runtime_precision,
         head=config["head"],

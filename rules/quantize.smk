@@ -100,7 +100,7 @@ rule layer_sensitivity:
         "../envs/torch.yaml"
     threads: THREADS
     resources:
-        **job_resources(mem_mb=8000, runtime=240, gpu=True),
+        **job_resources(mem_mb=4000, runtime=120, gpu=True),
     params:
         head=config["head"],
         imgsz=config["imgsz"],

@@ -4,9 +4,12 @@
 # caps at --cores locally and a cluster executor submits as the job's cpus_per_task. rule_runner hands
 # a job's threads to torch.set_num_threads and ONNX Runtime's intra_op_num_threads.
 #
-# mem_mb and runtime (minutes): measured peaks (max_rss, s in results/*/benchmarks/) of a seeded
-# YOLOv10m at imgsz 640 with config.yaml's image counts, on CPU, with headroom; each retry
-# (--retries, set in profiles/slurm) asks for that much again (attempt 2: twice).
+# mem_mb and runtime (minutes): sized from peaks measured on a seeded YOLOv10m at imgsz 640 on CPU
+# (max_rss in results/<run_id>/benchmarks/*.tsv; 2 shared cores): distilling 8 images 9.6 GB; GPTQ
+# on them 1.6 GB, on 16 real images with compensate_upstream 2.3 GB (~11 GB at config.yaml's 128);
+# sensitivity 0.9 GB; export 1.1 GB; smoke test 1.3 GB; latency 0.9 GB; evaluation 0.4 GB; times
+# scaled to config.yaml's image counts and steps, with headroom. Each retry (--retries, set in
+# profiles/slurm) asks for that much again: attempt 2 twice the memory and time.
 
 from yolo_w4.config import calibrated  # noqa: E402
 

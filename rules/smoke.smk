@@ -13,7 +13,7 @@ rule smoke_test:
         "../envs/torch.yaml"
     threads: timing_threads
     resources:
-        **job_resources(mem_mb=6000, runtime=30, gpu=True),
+        **job_resources(mem_mb=4000, runtime=15, gpu=True),
     params:
         image=config["smoke"]["image"],
         device=config["device"],

@@ -208,12 +208,12 @@ DRIVER = textwrap.dedent(
     snakemake = types.SimpleNamespace(
         input=Namedlist(job["input"]), output=Namedlist(job["output"]), log=Namedlist({"log": job["log"]}),
         params=types.SimpleNamespace(**job["params"]), wildcards=types.SimpleNamespace(**job["wildcards"]),
-        config=job["config"], rule=job["rule"],
+        config=job["config"], rule=job["rule"], threads=job["config"]["threads"],
     )
     runpy.run_path(job["script"], init_globals={"snakemake": snakemake}, run_name="__main__")
     """
 )
-CONFIG = {"run_id": "env-venvs", "trust_checkpoint": False}
+CONFIG = {"run_id": "env-venvs", "trust_checkpoint": False, "threads": 1}  # threads: each job's, as Snakemake gives it
 
 
 def run_rule_script(
@@ -259,8 +259,14 @@ def installed(venv: Path) -> dict:
 def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     """Every rule declaring envs/onnxruntime.yaml, run in its venv: probe, subsets, scoring, latency, INT4, picture."""
     rules = rules_using("onnxruntime.yaml")
+    downloads = {
+        "download_checkpoint",
+        "download_coco_images",
+        "download_coco_annotations",
+    }  # run against a local HTTP server in tests/test_download.py
     assert set(rules) == {
         "probe_runtime", "coco_subset", "calibration_subset", "evaluate_coco", "benchmark_latency", "pack_int4", "draw_detections",
+        *downloads,
     }, rules  # fmt: skip
     work = tmp_path_factory.mktemp("onnxruntime-run")
     run_dir = work / "results" / CONFIG["run_id"]

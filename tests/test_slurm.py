@@ -16,6 +16,7 @@ MinJobAge keeps finished jobs in slurmctld for 10 minutes), and `scontrol show j
 comment (its rule), CPUs, memory and time limit.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from conftest import ROOT, snakemake_jobs
 pytestmark = pytest.mark.slurm
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+LOCK = Path("/tmp/yolo-w4-test-slurm.lock")  # one test cluster at a time on a machine (the conf path, the ports)
 MARKER = "# Written by yolo-w4 tests/test_slurm.py for a one-node test cluster; removed when the test ends."
 PACKAGES = ("slurm-wlm", "munge")
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct")
@@ -137,11 +139,22 @@ def stop(pid_file: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, request):
     """A running one-node SLURM cluster: {"cpus", "memory_mb", "folder"}; everything stopped afterwards."""
     if os.geteuid() != 0:
         pytest.skip("slurmd must run as root to start jobs, and this test runs as a regular user")
     install_slurm()
+    lock = LOCK.open("w")
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.skip("another test SLURM cluster has run on this machine for 30 minutes; not starting a second")
+            time.sleep(5)
+    request.addfinalizer(lock.close)  # closing the file releases the lock, after the teardown below
     if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(MARKER):
         pytest.skip(f"{SLURM_CONF} exists (a real SLURM setup); this test will not replace it")
     folder = tmp_path_factory.mktemp("slurm")
@@ -312,6 +325,10 @@ def test_slurm_jobs_got_the_cpus_memory_and_time_their_rules_declare(slurm_run):
         assert minutes(described["TimeLimit"]) == int(job["resources"]["runtime"]), (job["rule"], described)
         assert "gpu" not in described.get("TRES", ""), "device auto without cluster.gpu asks for no GPU"
         assert f"/rule_{job['rule']}/" in log_path and Path(log_path).is_file(), log_path
+        print(
+            f"SLURM job {slurm_id}: {described['Comment']} {described['JobState']} NumCPUs={described['NumCPUs']} "
+            f"MinMemoryNode={described['MinMemoryNode']} TimeLimit={described['TimeLimit']}"
+        )
 
 
 def test_threads_reach_the_libraries_inside_slurm_jobs(slurm_run):

@@ -90,6 +90,7 @@ def paired_bootstrap(baseline, variant, resamples: int = 1000, seed: int = 0, le
         "level": level,
         "low": round(float(low), 6),
         "high": round(float(high), 6),
+        "bootstrap_mean": round(float(deltas.mean()), 6),  # minus "delta": the resampling's bias
         "resamples": resamples,
         "seed": seed,
         "images": base.images,

@@ -75,13 +75,19 @@ def summarize(evaluator) -> dict:
     return {name: round(float(v), 6) if v >= 0 else None for name, v in zip(METRIC_NAMES, evaluator.stats)}
 
 
-def pseudo_ground_truth(coco: dict, reference: list[dict], conf: float) -> dict:
+def pseudo_ground_truth(coco: dict, reference: list[dict], conf: float, per_image: int = 100) -> dict:
     """`coco` with its annotations replaced by the reference model's own detections scoring >= conf.
 
     Label-free agreement: another model's detections scored against these say how closely it
     reproduces the reference (the FP model), with no human labels; 1.0 for the reference itself.
+    At most `per_image` (COCOeval's 100 detections per image) are kept, the highest scoring, so
+    the reference's own top 100 cover all of them.
     """
-    kept = [d for d in reference if d["score"] >= conf]
+    by_image = {}
+    for d in reference:
+        if d["score"] >= conf:
+            by_image.setdefault(d["image_id"], []).append(d)
+    kept = [d for image in by_image.values() for d in sorted(image, key=lambda d: -d["score"])[:per_image]]
     annotations = [
         {
             "id": index,
