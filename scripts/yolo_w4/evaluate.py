@@ -75,19 +75,25 @@ def summarize(evaluator) -> dict:
     return {name: round(float(v), 6) if v >= 0 else None for name, v in zip(METRIC_NAMES, evaluator.stats)}
 
 
-def pseudo_ground_truth(coco: dict, reference: list[dict], conf: float, per_image: int = 100) -> dict:
+def with_area(detections: list[dict]) -> list[dict]:
+    """Detections whose box has an area: a box clipped flat at an image edge can match nothing."""
+    return [d for d in detections if d["bbox"][2] > 0 and d["bbox"][3] > 0]
+
+
+def pseudo_ground_truth(coco: dict, reference: list[dict], conf: float, per_class: int = 100) -> dict:
     """`coco` with its annotations replaced by the reference model's own detections scoring >= conf.
 
     Label-free agreement: another model's detections scored against these say how closely it
     reproduces the reference (the FP model), with no human labels; 1.0 for the reference itself.
-    At most `per_image` (COCOeval's 100 detections per image) are kept, the highest scoring, so
-    the reference's own top 100 cover all of them.
+    At most `per_class` per image and class are kept, the highest scoring: COCOeval scores the
+    top 100 detections of each image and class, so the reference's own cover all of them. Boxes
+    without area are left out (score agreement on `with_area` detections, on both sides).
     """
-    by_image = {}
-    for d in reference:
+    groups = {}
+    for d in with_area(reference):
         if d["score"] >= conf:
-            by_image.setdefault(d["image_id"], []).append(d)
-    kept = [d for image in by_image.values() for d in sorted(image, key=lambda d: -d["score"])[:per_image]]
+            groups.setdefault((d["image_id"], d["category_id"]), []).append(d)
+    kept = [d for group in groups.values() for d in sorted(group, key=lambda d: -d["score"])[:per_class]]
     annotations = [
         {
             "id": index,

@@ -32,7 +32,7 @@ def report_step(
     from yolo_w4.bootstrap import paired_bootstrap
     from yolo_w4.coco_subset import load_coco
     from yolo_w4.deltas import delta_rows
-    from yolo_w4.evaluate import coco_eval, coco_ground_truth, pseudo_ground_truth, summarize
+    from yolo_w4.evaluate import coco_eval, coco_ground_truth, pseudo_ground_truth, summarize, with_area
 
     sources = {  # every record the table is built from, by sha256: a published table can be traced
         **{f"metrics/{name}": path for name, path in metrics.items()},
@@ -60,7 +60,7 @@ def report_step(
         name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
     }
     pseudo = coco_ground_truth(pseudo_ground_truth(gt.dataset, found[FP], agreement_conf))
-    agreeing = {name: coco_eval(pseudo, found[name], image_ids) for name in found}
+    agreeing = {name: coco_eval(pseudo, with_area(found[name]), image_ids) for name in found}
     agreement = {}
     for name, evaluator in agreeing.items():
         paired = paired_bootstrap(agreeing[FP], evaluator, resamples, seed)  # FP vs itself: 1.0 in every resample
