@@ -95,7 +95,11 @@ SUMMARY_COLUMNS = (
         "agreement mAP50-95 / mAP50 [95% CI]",
         lambda r: (
             f"{_fmt(r['agreement_mAP50_95'])} / {_fmt(r['agreement_mAP50'])}"
-            + (f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]" if r["variant"] != FP else "")
+            + (
+                f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
+                if r["variant"] != FP and r["agreement_ci_low"] is not None
+                else ""
+            )
         ),
     ),
     ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),

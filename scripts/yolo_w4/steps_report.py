@@ -67,10 +67,13 @@ def report_step(
         # Resampled images bias AP against a pseudo ground truth upwards: the percentile interval,
         # shifted by the bootstrap's own bias estimate (mean - estimate), is centred on the estimate.
         bias = paired["bootstrap_mean"] - paired["delta"]
+        values = summarize(evaluator)
+        scored = values["mAP50_95"] is not None  # None: the FP model kept no detection above agreement_conf
         agreement[name] = {
-            **{key: summarize(evaluator)[key] for key in ("mAP50_95", "mAP50")},
-            "ci_low": round(1 + paired["low"] - bias, 6),
-            "ci_high": round(1 + paired["high"] - bias, 6),
+            "mAP50_95": values["mAP50_95"],
+            "mAP50": values["mAP50"],
+            "ci_low": round(1 + paired["low"] - bias, 6) if scored else None,
+            "ci_high": round(1 + paired["high"] - bias, 6) if scored else None,
         }
     rows = delta_rows(metrics, intervals, exports, latency, packed, agreement)
     notes = report_notes(metrics, latency, resamples)
