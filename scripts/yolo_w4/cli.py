@@ -203,7 +203,7 @@ def _given(value, default):
 
 def cli_recipe(args, config: dict) -> tuple[str, dict]:
     """(name, settings): the catalog recipe `--variant` (default: the config's first `build`) with flags laid over it."""
-    from yolo_w4.config import check_variant, merge, recipe_settings, validate_config
+    from yolo_w4.config import merge, recipe_settings, validate_config
 
     name = args.variant or config["build"][0]
     if name not in config["variants"]:
@@ -225,11 +225,9 @@ def cli_recipe(args, config: dict) -> tuple[str, dict]:
         )
         if value is not None
     }
-    entry = merge(config["variants"][name] or {}, overrides)
-    validate_config(merge(config, {"variants": {name: entry}}))  # flags are checked like config values
-    settings = recipe_settings(merge(config, {"variants": {name: entry}}), name)
-    check_variant(name, settings)
-    return name, settings
+    overridden = merge(config, {"variants": {name: overrides}})
+    validate_config(overridden)  # flags are checked like config values, combinations included
+    return name, recipe_settings(overridden, name)
 
 
 def quantize(args, config: dict, imgsz: int, trust: bool) -> None:

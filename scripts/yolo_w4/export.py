@@ -37,20 +37,17 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
 
 def model_metadata(
-    detector, precision: str, variant: str = FP, settings: dict | None = None, batch: int = 1, model=None
+    detector, precision: str, variant: str = FP, settings: dict | None = None, batch: int = 1, bits_per_weight=None
 ) -> dict:
     """Ultralytics' exporter keys for this model (its AutoBackend reads them), plus our provenance keys.
 
-    model: the (quantized) model exported, for its stored bits per conv weight.
+    bits_per_weight: stored bits per conv weight, as the export record states it (`conv_bits_per_weight`).
     """
     import json
 
     import ultralytics
 
     from yolo_w4.names import describe_settings
-    from yolo_w4.quantize import bits_per_weight
-
-    float_bits = 16 if precision == "fp16" else 32
 
     stride = getattr(detector.model, "stride", None)
     return {
@@ -71,9 +68,16 @@ def model_metadata(
         "yolo_w4_precision": precision,
         "yolo_w4_checkpoint_sha256": detector.sha256,
         "yolo_w4_recipe": describe_settings(settings),
-        "yolo_w4_bits_per_weight": round(bits_per_weight(model or detector.model, float_bits), 3),
+        "yolo_w4_bits_per_weight": bits_per_weight,
         "yolo_w4_settings": json.dumps(settings, sort_keys=True, default=str) if settings else "null",
     }
+
+
+def conv_bits_per_weight(quantized_record: dict | None, precision: str) -> float:
+    """Stored bits per conv weight: the quantized summary's (integers + FP16 scales), or the float width."""
+    if quantized_record:
+        return quantized_record["summary"]["bits_per_weight"]
+    return 16 if precision == "fp16" else 32
 
 
 def _stamp(path, metadata: dict | None) -> None:
@@ -177,8 +181,7 @@ def _plain_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
             )  # fmt: skip
             conv.weight.copy_(module.quant_weight().value)
             conv.bias.copy_(module.bias)
-            parent_name, _, child = name.rpartition(".")
-            setattr(plain.get_submodule(parent_name) if parent_name else plain, child, conv)
+            plain.set_submodule(name, conv)
             integers = module.integers().reshape(module.out_channels, -1).to(torch.int8)
             quantized[name] = (integers.numpy(), module.scale.detach().float().numpy(), module.group_size,
                                module.qmin, module.qmax)  # fmt: skip
@@ -199,13 +202,13 @@ def export_groupwise(
     weights and each group-wise conv's weight initializer is then replaced by: int8 integers
     (out, in*kh*kw) -> Clip [qmin, qmax] -> DequantizeLinear(axis=1, block_size=group_size,
     scales (out, groups) stored as FP16, Cast to FP32 in an FP32 file) -> Reshape (out, in, kh, kw)
-    -> Conv. INT4
-    packing (pack_int4) then works on it as on a per-channel QCDQ file.
+    -> Conv. INT4 packing (pack_int4) then works on it as on a per-channel QCDQ file.
     """
     from onnx import helper, numpy_helper, version_converter
 
+    from yolo_w4.onnx_graph import set_metadata
+
     plain, quantized = _plain_copy(model)
-    float_type = np.float16 if precision == "fp16" else np.float32
     with atomic_path(path) as tmp:
         _torch_export(plain, tmp, imgsz, precision, batch)
         proto = version_converter.convert_version(onnx.load(str(tmp)), GROUPWISE_OPSET)
@@ -230,7 +233,7 @@ def export_groupwise(
                 ]
             )
             scale = names["scale"]
-            if float_type is np.float32:  # dequantize in FP32 (exact), from the FP16 scales stored
+            if precision == "fp32":  # dequantize in FP32 (exact), from the FP16 scales stored
                 nodes.append(helper.make_node("Cast", [scale], [names["scale_cast"]], to=onnx.TensorProto.FLOAT))
                 scale = names["scale_cast"]
             nodes += [
@@ -247,8 +250,9 @@ def export_groupwise(
             graph.initializer.remove(initializers[name])
         for node in reversed(nodes):  # constants only: ahead of every other node keeps the graph sorted
             graph.node.insert(0, node)
+        if metadata:
+            set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))
-        _stamp(tmp, metadata)
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
@@ -263,12 +267,12 @@ def _io_shapes(values) -> dict:
     return shapes
 
 
-def _through_casts(consumers, name) -> list:
+def _weight_consumers(consumers, name) -> list:
     """Nodes that take `name` as their weight input, looking through Cast (FP16 exports) and Reshape (group-wise)."""
     found = []
     for node in consumers[name]:
         if node.op_type in ("Cast", "Reshape") and node.input[0] == name:
-            found += _through_casts(consumers, node.output[0])
+            found += _weight_consumers(consumers, node.output[0])
         elif len(node.input) > 1 and node.input[1] == name:
             found.append(node)
     return found
@@ -290,14 +294,11 @@ def onnx_summary(path) -> dict:
         if node.op_type != "Clip" or node.input[0] not in constants:
             continue
         dequant = [n for n in consumers[node.output[0]] if n.op_type == "DequantizeLinear"]
-        convs = [c for d in dequant for c in _through_casts(consumers, d.output[0]) if c.op_type == "Conv"]
+        convs = [c for d in dequant for c in _weight_consumers(consumers, d.output[0]) if c.op_type == "Conv"]
         if not convs:
             continue
         weight = constants[node.input[0]]
-        scale_name = dequant[0].input[1]
-        while scale_name not in constants and scale_name in producers:  # through the Cast of FP16 group scales
-            scale_name = producers[scale_name].input[0]
-        scale = constants.get(scale_name)
+        scale = _source_constant(dequant[0].input[1], constants, producers)  # through the Cast of FP16 group scales
         weight_clips.append(
             {
                 "layer": convs[0].input[2].removesuffix(".bias") if len(convs[0].input) > 2 else convs[0].name,
@@ -332,8 +333,15 @@ def onnx_summary(path) -> dict:
     }
 
 
-def _weight_size(name, constants, producers) -> int:
-    """Element count of a Conv weight, looking back through Cast / DequantizeLinear / Clip."""
+def _source_constant(name, constants, producers):
+    """The constant a tensor is made from, following each producer's first input (Cast, DequantizeLinear,
+    Clip, Reshape); None if it is not made from one."""
     while name not in constants and name in producers:
         name = producers[name].input[0]
-    return int(np.size(constants[name])) if name in constants else 0
+    return constants.get(name)
+
+
+def _weight_size(name, constants, producers) -> int:
+    """Element count of a Conv weight, looking back through Cast / DequantizeLinear / Clip / Reshape."""
+    weight = _source_constant(name, constants, producers)
+    return int(np.size(weight)) if weight is not None else 0

@@ -114,8 +114,7 @@ def groupwise_layers(model: torch.nn.Module) -> dict:
 def swap_in_groupwise(model: torch.nn.Module, names, bits_of: dict, group_size: int, narrow_range: bool, scale: str):
     """Replace the convs `names` of `model` (in place) by GroupQuantConv2d with bits_of[name] bits."""
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        conv = getattr(parent, child)
-        setattr(parent, child, GroupQuantConv2d(conv, bits_of[name], group_size, narrow_range, scale))
+        model.set_submodule(
+            name, GroupQuantConv2d(model.get_submodule(name), bits_of[name], group_size, narrow_range, scale)
+        )
     return model

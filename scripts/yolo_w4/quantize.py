@@ -76,6 +76,12 @@ def quantizable_layers(model: torch.nn.Module, keep_float=()) -> list[str]:
     return [name for name in conv_layers(model) if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
 
+def layer_bit_widths(settings: dict, selected) -> dict:
+    """{layer: bits} for the selected convs: `layer_bits` (mixed precision) where given, else weight_bits."""
+    layer_bits = settings.get("layer_bits") or {}
+    return {name: int(layer_bits.get(name, settings["weight_bits"])) for name in selected}
+
+
 def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights: round to nearest.
 
@@ -93,17 +99,17 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     if unknown:
         raise UserError(f"layer_bits names layers that are not quantized convs: {', '.join(unknown[:5])}")
     quantized = copy.deepcopy(model)
+    bits_of = layer_bit_widths(settings, selected)
     if settings.get("group_size"):
         from yolo_w4.groupwise import swap_in_groupwise
 
-        bits_of = {name: int(layer_bits.get(name, settings["weight_bits"])) for name in selected}
         swap_in_groupwise(
             quantized, selected, bits_of, settings["group_size"], settings["narrow_range"], settings["scale"]
         )
         return quantized.eval()
     by_bits = {}
-    for name in selected:
-        by_bits.setdefault(int(layer_bits.get(name, settings["weight_bits"])), []).append(name)
+    for name, bits in bits_of.items():
+        by_bits.setdefault(bits, []).append(name)
     for bits, names in sorted(by_bits.items()):  # one layerwise pass per bit width
         quantizer = weight_quantizer(bits, settings["scale"], settings["symmetric"], settings["narrow_range"])
         skipped = [name for name in conv_layers(quantized) if name not in names]
@@ -141,10 +147,6 @@ def quantization_summary(model: torch.nn.Module) -> dict:
         "conv_weights": total,
         "bits_per_weight": round(_bits_per_weight(layers, 16), 3),  # scales stored as FP16 (the deployable file)
     }
-
-
-def bits_per_weight(model: torch.nn.Module, float_bits: int = 32) -> float:
-    return _bits_per_weight(quantization_summary(model)["layers"], float_bits)
 
 
 def _bits_per_weight(layers: list[dict], float_bits: int) -> float:

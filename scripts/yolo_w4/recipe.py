@@ -12,7 +12,7 @@ GPTQ, empirical bias correction -> data-free BatchNorm bias correction.
 
 from functools import partial
 
-from yolo_w4.quantize import quantizable_layers, quantize_weights
+from yolo_w4.quantize import layer_bit_widths, quantizable_layers, quantize_weights
 
 
 def calibration_techniques(settings: dict) -> list:
@@ -86,8 +86,7 @@ def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=N
     if calibrated(settings):
         if images is None:
             raise ValueError("a calibrated recipe needs calibration images")
-        bits = {name: int(settings.get("layer_bits", {}).get(name, settings["weight_bits"])) for name in selected}
-        records = apply_calibration(fp_model, model, images, settings, bits, device)
+        records = apply_calibration(fp_model, model, images, settings, layer_bit_widths(settings, selected), device)
     if settings["bias_correction"] == "bn":
         from yolo_w4.data_free import apply_bn_bias_correction
 

@@ -39,7 +39,6 @@ def _tiny_model() -> bytes:
 def _cuda_library_error(onnxruntime) -> str | None:
     """Why the CUDA provider library cannot be loaded (the dynamic loader's own words), or None."""
     import ctypes
-    from pathlib import Path
 
     library = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     if not library.is_file():

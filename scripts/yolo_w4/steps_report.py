@@ -63,18 +63,18 @@ def report_step(
     agreeing = {name: coco_eval(pseudo, with_area(found[name]), image_ids) for name in found}
     agreement = {}
     for name, evaluator in agreeing.items():
-        paired = paired_bootstrap(agreeing[FP], evaluator, resamples, seed)  # FP vs itself: 1.0 in every resample
-        # Resampled images bias AP against a pseudo ground truth upwards: the percentile interval,
-        # shifted by the bootstrap's own bias estimate (mean - estimate), is centred on the estimate.
-        bias = paired["bootstrap_mean"] - paired["delta"]
         values = summarize(evaluator)
-        scored = values["mAP50_95"] is not None  # None: the FP model kept no detection above agreement_conf
-        agreement[name] = {
-            "mAP50_95": values["mAP50_95"],
-            "mAP50": values["mAP50"],
-            "ci_low": round(1 + paired["low"] - bias, 6) if scored else None,
-            "ci_high": round(1 + paired["high"] - bias, 6) if scored else None,
-        }
+        low = high = None  # no score: the FP model kept no detection above agreement_conf
+        if values["mAP50_95"] is not None:
+            # FP against itself is 1.0 in every resample: no bootstrap needed. Resampled images bias AP
+            # against a pseudo ground truth upwards: the percentile interval, shifted by the bootstrap's
+            # own bias estimate (mean - estimate), is centred on the estimate.
+            low = high = 1.0
+            if name != FP:
+                paired = paired_bootstrap(agreeing[FP], evaluator, resamples, seed)
+                bias = paired["bootstrap_mean"] - paired["delta"]
+                low, high = round(1 + paired["low"] - bias, 6), round(1 + paired["high"] - bias, 6)
+        agreement[name] = {"mAP50_95": values["mAP50_95"], "mAP50": values["mAP50"], "ci_low": low, "ci_high": high}
     rows = delta_rows(metrics, intervals, exports, latency, packed, agreement)
     notes = report_notes(metrics, latency, resamples)
     notes.append(

@@ -191,12 +191,13 @@ def export_step(
     trust=False,
 ) -> dict:
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
-    from yolo_w4.export import model_metadata
+    from yolo_w4.export import conv_bits_per_weight, model_metadata
 
     model, detector, quantized_record = _load_model(checkpoint, quantized, head, imgsz, trust)
     settings = quantized_record["settings"] if quantized_record else None
     variant = quantized_record["variant"] if quantized_record else FP
-    metadata = model_metadata(detector, precision, variant, settings, model=model)
+    bits_per_weight = conv_bits_per_weight(quantized_record, precision)
+    metadata = model_metadata(detector, precision, variant, settings, bits_per_weight=bits_per_weight)
     if quantized and settings.get("group_size"):
         export_groupwise(model, output, detector.imgsz, precision, metadata=metadata)
     elif quantized:
@@ -210,10 +211,7 @@ def export_step(
         "format": "qcdq" if quantized else "float",
         "precision": precision,
         "settings": settings,
-        # conv weights' stored bits, scales at FP16 (the deployable INT4 file); FP: the float width
-        "bits_per_weight": quantized_record["summary"]["bits_per_weight"]
-        if quantized
-        else (16 if precision == "fp16" else 32),
+        "bits_per_weight": bits_per_weight,
         "checker": "onnx.checker.check_model(full_check=True) passed",
         **onnx_summary(output),
         "checkpoint": detector.describe(),
