@@ -40,10 +40,11 @@ SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
 COCO = config["coco"]
 
+LABELLED = COCO["annotations"] is not None  # null: scored by agreement with FP only (no labels)
 for key, value in (
     ("checkpoint", CHECKPOINT),
     ("coco.images", COCO["images"]),
-    ("coco.annotations", COCO["annotations"]),
+    ("coco.annotations", COCO["annotations"] or ""),
 ):
     if "{" in value or "}" in value:
         fail(f"{key}: {value} contains {{ or }}, which Snakemake reads as a wildcard; rename or move the file")
@@ -56,7 +57,7 @@ if config["download"]:
             DOWNLOADS["checkpoint"] = (CHECKPOINT, checkpoint_source(config, CHECKPOINT))
         if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS:
             DOWNLOADS["images"] = (COCO["images"], coco_source(config, "images"))
-        if not Path(COCO["annotations"]).is_file():
+        if LABELLED and not Path(COCO["annotations"]).is_file():
             DOWNLOADS["annotations"] = (COCO["annotations"], coco_source(config, "annotations"))
         for target, source in DOWNLOADS.values():
             require_sha256(source, target)
@@ -64,7 +65,7 @@ if config["download"]:
         fail(error)
 if not Path(CHECKPOINT).is_file() and not SEEDED.fullmatch(CHECKPOINT) and "checkpoint" not in DOWNLOADS:
     fail(f"checkpoint not found: {CHECKPOINT} (set `checkpoint:` in the config or pass --config checkpoint=PATH)")
-if not Path(COCO["annotations"]).is_file() and "annotations" not in DOWNLOADS:
+if LABELLED and not Path(COCO["annotations"]).is_file() and "annotations" not in DOWNLOADS:
     fail(f"annotations not found: {COCO['annotations']} (set `coco.annotations` in the config)")
 if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS and "images" not in DOWNLOADS:
     fail(f"COCO images folder not found: {COCO['images']} (set `coco.images` in the config)")

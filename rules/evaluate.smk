@@ -15,7 +15,7 @@ rule ultralytics_assets:
 
 rule coco_subset:
     input:
-        annotations=COCO["annotations"],
+        annotations=COCO["annotations"] or [],  # none: the folder's first max_images files
         images=COCO["images"],
         id_list=COCO["image_ids_list"] or [],
     output:

@@ -24,7 +24,8 @@ rule calibration_subset:
     input:
         annotations=CALIBRATION["annotations"],
         images=CALIBRATION["images"],
-        eval_ids=subset_outputs()["ids"],
+        eval_subset=subset_outputs()["annotations"],
+        eval_images=COCO["images"],
         id_list=CALIBRATION["image_ids_list"] or [],
     output:
         calibration_ids(),

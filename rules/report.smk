@@ -63,6 +63,7 @@ rule draw_detections:
     input:
         annotations=subset_outputs()["annotations"],
         fp=metrics_path(FP, "detections"),
+        fp_metrics=metrics_path(FP),
         variant=lambda wc: metrics_path(wc.variant, "detections"),
         images=COCO["images"],
     output:

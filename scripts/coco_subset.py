@@ -7,7 +7,7 @@ sm = snakemake  # noqa: F821
 run_rule(
     sm,
     subset_step,
-    annotations=sm.input.annotations,
+    annotations=sm.input.annotations or None,
     images=sm.input.images,
     ids_out=sm.output.ids,
     annotations_out=sm.output.annotations,

@@ -15,4 +15,5 @@ run_rule(
     output=sm.output[0],
     conf=sm.params.conf,
     image_id=sm.params.image_id,
+    fp_metrics=sm.input.fp_metrics,
 )

@@ -288,8 +288,8 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
          output=subset, params={"max_images": MAX_IMAGES})  # fmt: skip
     calibration = run_dir / "calibration" / "image_ids.txt"
     step("calibration_subset",
-         input={"annotations": str(builds["train_annotations"]), "images": str(builds["train_images"]), "eval_ids": subset["ids"],
-                "id_list": []},
+         input={"annotations": str(builds["train_annotations"]), "images": str(builds["train_images"]), "eval_subset": subset["annotations"],
+                "eval_images": str(builds["images"]), "id_list": []},
          output={"_": str(calibration)}, params={"max_images": 4})  # fmt: skip
     precision = json.loads(runtime.read_text())["precision"]
     metrics = {}
@@ -320,7 +320,7 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     picture = run_dir / "report" / "detections" / f"yolov10n-seed0-{W4}.png"
     step("draw_detections",
          input={"annotations": subset["annotations"], "fp": metrics["fp"]["detections"], "variant": metrics[W4]["detections"],
-                "images": str(builds["images"])},
+                "fp_metrics": metrics["fp"]["metrics"], "images": str(builds["images"])},
          output={"_": str(picture)}, params={"conf": 0.25, "image_id": None}, wildcards={"model": "yolov10n-seed0", "variant": W4})  # fmt: skip
     print(f"onnxruntime env rule seconds: {timings}")
     return {"runtime": runtime, "subset": subset, "calibration": calibration, "metrics": metrics, "latency": latency, "int4": int4, "picture": picture,

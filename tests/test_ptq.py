@@ -151,16 +151,23 @@ def test_sensitivity_ranking_is_reproducible_and_mixed_precision_keeps_its_budge
 
 def test_calibration_images_must_not_be_evaluation_images(tmp_path):
     from yolo_w4.calibration import select_calibration
+    from yolo_w4.coco_subset import write_subset
 
     annotations = shared("coco2017", "source-data", "annotations", "instances_val2017.json")
     images = shared(*VAL_IMAGES)
-    eval_ids = tmp_path / "ids.txt"
-    eval_ids.write_text("139\n802\n")
+    evaluated = tmp_path / "eval"
+    write_subset(annotations, images, evaluated / "ids.txt", evaluated / "subset.json", 2)
     with pytest.raises(UserError, match="2 calibration images are also evaluation images"):
-        select_calibration(annotations, images, 10, None, eval_ids)  # val ids 139, 802 are its first two
+        select_calibration(annotations, images, 10, None, evaluated / "subset.json")  # val ids 139, 802
     train = shared("coco2017", "source-data", "annotations", "instances_train2017.json")
-    ids = select_calibration(train, shared(*TRAIN_IMAGES), 10, None, eval_ids)
+    ids = select_calibration(train, shared(*TRAIN_IMAGES), 10, None, evaluated / "subset.json")
     assert len(ids) == 10 and not set(ids) & {139, 802}
+    # label-free evaluation (no annotations): its files are numbered 1..N, so the same file is what counts
+    free = tmp_path / "free"
+    write_subset(None, images, free / "ids.txt", free / "subset.json", 3, image_size=lambda path: (1, 1))
+    with pytest.raises(UserError, match="3 calibration images are also evaluation images"):
+        select_calibration(annotations, images, 10, None, free / "subset.json", images)
+    assert select_calibration(train, shared(*TRAIN_IMAGES), 10, None, free / "subset.json", images) == ids
 
 
 def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):

@@ -198,6 +198,10 @@ def test_lint_is_clean():
             "error: invalid config at variants.w4: method adaround cannot be combined with bias_correction: empirical",
         ),
         ({"checkpoint": "models/none.pt"}, "error: checkpoint not found: models/none.pt"),
+        (
+            {"coco": {"images": "results", "annotations": None, "max_images": 4, "image_ids_list": "ids.txt"}},
+            "error: invalid config at coco.image_ids_list: ids are COCO image ids, which need coco.annotations",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job_with_one_line(tmp_path, override, message):
@@ -284,6 +288,7 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
         ({"image_ids_list": "IDS_EMPTY"}, "lists no image ids"),
         ({"images": "IMAGES_PARTIAL"}, "error: image not found: "),
         ({"max_images": 0}, "error: invalid config at coco.max_images: 0 is less than the minimum of 1"),
+        ({"annotations": None, "images": "IMAGES_EMPTY"}, "holds no image files (.jpg, .jpeg"),
     ],
 )
 def test_bad_coco_input_is_one_line_and_leaves_no_metrics(tmp_path, coco, message):
@@ -291,12 +296,14 @@ def test_bad_coco_input_is_one_line_and_leaves_no_metrics(tmp_path, coco, messag
     (tmp_path / "empty.txt").write_text("# nothing here\n\n")
     partial = tmp_path / "images"
     partial.mkdir()
+    (tmp_path / "empty").mkdir()
     first = sorted(shared(*VAL_IMAGES).glob("*.jpg"))[0]
     (partial / first.name).symlink_to(first)
     aliases = {
         "IDS_UNKNOWN": str(tmp_path / "unknown.txt"),
         "IDS_EMPTY": str(tmp_path / "empty.txt"),
         "IMAGES_PARTIAL": str(partial),
+        "IMAGES_EMPTY": str(tmp_path / "empty"),
     }
     coco = {key: aliases.get(value, value) for key, value in coco.items()}
     run_id = "pytest-bad-coco"
@@ -370,3 +377,44 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
     assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
     metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16.json").read_text())
     assert "synthetic images" in metrics["settings"]
+
+
+def test_without_annotations_every_model_is_scored_by_agreement_with_fp(tmp_path):
+    """coco.annotations: null, the trained YOLOv5n on a folder of photos: no mAP anywhere, agreement only."""
+    import csv
+
+    run_id = "pytest-label-free"
+    shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
+    images = shared(*VAL_IMAGES)
+    config = small_config(
+        run_id,
+        checkpoint=str(shared("models", "yolov5n-v6.1-coco-legacy.pt")),
+        head="one2many",
+        coco={"images": str(images), "annotations": None, "max_images": 6, "image_ids_list": None},
+        build=["w4a16_rtn", "w8a16"],
+        smoke={"image": None, "runs": 2, "warmup": 1, "conf": 0.25},
+    )
+    try:
+        result = snakemake(config=config, tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = ROOT / "results" / run_id
+        subset = json.loads((results / "coco" / "annotations.json").read_text())
+        assert subset["label_free"] and subset["annotations"] == []
+        first = sorted(p.name for p in images.iterdir() if p.suffix == ".jpg")[:6]
+        assert [(i["id"], i["file_name"]) for i in subset["images"]] == list(enumerate(first, 1))
+        fp = json.loads((results / "metrics" / "yolov5n-v6.1-coco-legacy-fp.json").read_text())
+        assert set(fp["metrics"].values()) == {None} and fp["labels"].startswith("none")
+        assert [c["name"] for c in fp["categories"]][:3] == ["person", "bicycle", "car"]
+        rows = {row["variant"]: row for row in csv.DictReader((results / "report" / "deltas.csv").open())}
+        assert float(rows["fp"]["agreement_mAP50_95"]) == 1.0 and rows["fp"]["mAP50_95"] == ""
+        w8, w4 = (float(rows[name]["agreement_mAP50_95"]) for name in ("w8a16", "w4a16_rtn"))
+        assert 0.8 < w8 < 1.0 and w4 < w8, "8-bit weights reproduce FP far better than per-channel 4-bit rounding"
+        low, high = float(rows["w4a16_rtn"]["agreement_ci_low"]), float(rows["w4a16_rtn"]["agreement_ci_high"])
+        assert 0 <= low <= w4 <= high <= 1
+        table = (results / "report" / "deltas.md").read_text()
+        header = table.splitlines()[0]
+        assert "agreement mAP50-95" in header and "| mAP50-95 |" not in header and "Δ" not in header
+        assert "No annotations (coco.annotations: null)" in table
+        assert (results / "report" / "detections" / "yolov5n-v6.1-coco-legacy-w4a16_rtn.png").stat().st_size > 5000
+    finally:
+        shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)

@@ -56,6 +56,7 @@ class Detector:
             "imgsz": self.imgsz,
             "layout": self.layout,
             "classes": len(self.names),
+            "names": [self.names[i] for i in sorted(self.names)],
             "random_weights": self.seeded,
             "trusted_load": self.trusted,
             **self.info,

@@ -3,6 +3,10 @@
 Ids come from `coco.max_images` (first N ids in sorted order) or `coco.image_ids_list`
 (one id a line, `#` comments). The subset is written once and its sha256 goes into every
 metrics JSON, so two numbers are only ever compared on the same images.
+
+Without annotations (`coco.annotations: null`) the subset is the first `max_images` image
+files of the folder in name order, numbered 1..N, in a COCO file with no annotations and
+`"label_free": true`: the models are then compared by their agreement with the FP model only.
 """
 
 import collections
@@ -101,12 +105,60 @@ def check_images_exist(coco_subset: dict, images_dir) -> None:
             raise UserError(f"image not found: {path} (image id {image_id}; check `coco.images`)")
 
 
-def write_subset(annotations, images_dir, ids_out, annotations_out, max_images=100, id_list=None) -> dict:
-    """Select, check and write the subset; return a short description."""
-    coco = load_coco(annotations)
-    ids = select_image_ids(coco, max_images, id_list, annotations)
-    part = subset(coco, ids)
-    check_images_exist(part, images_dir)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def folder_subset(images_dir, max_images: int, image_size) -> dict:
+    """A label-free COCO file for the first `max_images` images of a folder, in file name order.
+
+    image_size(path) -> (height, width) decodes each image (the caller's env has the decoder), so an
+    unreadable file stops the run before any model is scored.
+    """
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise UserError(f"COCO images folder not found: {folder} (set `coco.images` in the config)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); set `coco.images`")
+    images = []
+    for image_id, path in enumerate(files[:max_images], 1):
+        height, width = image_size(path)
+        images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
+    return {
+        "info": {"description": f"label-free subset: first {len(images)} images of {folder} by file name"},
+        "label_free": True,
+        "images": images,
+        "annotations": [],
+        "categories": [],
+    }
+
+
+def is_label_free(coco: dict) -> bool:
+    """True for a subset written without annotations: only agreement with the FP model can be scored."""
+    return bool(coco.get("label_free"))
+
+
+def write_subset(
+    annotations, images_dir, ids_out, annotations_out, max_images=100, id_list=None, image_size=None
+) -> dict:
+    """Select, check and write the subset; return a short description.
+
+    annotations None: the label-free subset of the folder (`folder_subset`, sizes from `image_size`);
+    an id list needs annotations.
+    """
+    if annotations is None:
+        if id_list:
+            raise UserError(
+                "coco.image_ids_list needs coco.annotations (ids are COCO image ids); without annotations "
+                "the first coco.max_images files of coco.images in name order are used"
+            )
+        part = folder_subset(images_dir, max_images, image_size)
+        ids = [image["id"] for image in part["images"]]
+    else:
+        coco = load_coco(annotations)
+        ids = select_image_ids(coco, max_images, id_list, annotations)
+        part = subset(coco, ids)
+        check_images_exist(part, images_dir)
     write_ids(ids_out, ids)
     write_json(annotations_out, part)
     return {"images": len(ids), "annotations": len(part["annotations"]), "categories": len(part["categories"])}

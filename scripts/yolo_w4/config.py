@@ -57,6 +57,11 @@ def validate_config(config: dict, schema_path=SCHEMA) -> dict:
     if FP in catalog or FP in (config.get("build") or []):  # before the schema, whose words would be obscure
         raise UserError("invalid config at variants: the name fp is reserved for the FP baseline; rename that variant")
     _check_schema(config, schema, schema_path)
+    if config["coco"]["annotations"] is None and config["coco"]["image_ids_list"]:
+        raise UserError(
+            "invalid config at coco.image_ids_list: ids are COCO image ids, which need coco.annotations; "
+            "without annotations the first coco.max_images files of coco.images (by name) are scored"
+        )
     unknown = [name for name in config["build"] if name not in catalog]
     if unknown:
         raise UserError(

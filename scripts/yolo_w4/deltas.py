@@ -130,6 +130,30 @@ COMPACT_COLUMNS = (
 )
 
 
-def summary_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> tuple[list[str], list[list[str]]]:
+# The same first screen for a run without annotations: agreement with FP is the only score.
+COMPACT_LABEL_FREE_COLUMNS = (
+    COMPACT_COLUMNS[0],
+    (
+        "agreement mAP50-95 [95% CI]",
+        lambda r: (
+            _fmt(r["agreement_mAP50_95"])
+            + (
+                f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
+                if r["variant"] != FP and r["agreement_ci_low"] is not None
+                else ""
+            )
+        ),
+    ),
+    ("agreement mAP50", lambda r: _fmt(r["agreement_mAP50"])),
+    *COMPACT_COLUMNS[-2:],
+)
+LABELLED_ONLY = {"mAP50-95", "mAP50", "Δ mAP50-95", "95% CI of Δ", "% of FP mAP50-95"}  # scores against labels
+
+
+def summary_table(rows: list[dict], columns=SUMMARY_COLUMNS, labelled=True) -> tuple[list[str], list[list[str]]]:
+    """Header and cells; labelled False (no annotations) drops the columns scored against labels."""
+    if not labelled:
+        columns = COMPACT_LABEL_FREE_COLUMNS if columns is COMPACT_COLUMNS else columns
+        columns = [(name, cell) for name, cell in columns if name not in LABELLED_ONLY]
     header = [name for name, _ in columns]
     return header, [[cell(row) for _, cell in columns] for row in rows]

@@ -16,15 +16,15 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def markdown(rows: list[dict], notes: list[str]) -> str:
-    header, body = summary_table(rows)
+def markdown(rows: list[dict], notes: list[str], labelled: bool = True) -> str:
+    header, body = summary_table(rows, labelled=labelled)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 
-def html_page(rows: list[dict], notes: list[str], title: str) -> str:
-    header, body = summary_table(rows)
+def html_page(rows: list[dict], notes: list[str], title: str, labelled: bool = True) -> str:
+    header, body = summary_table(rows, labelled=labelled)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
     items = "".join(f"<li{' class=warn' if n.startswith(WARNING) else ''}>{html.escape(n)}</li>" for n in notes)
@@ -40,12 +40,12 @@ def html_page(rows: list[dict], notes: list[str], title: str) -> str:
     )
 
 
-def rst_fragment(rows: list[dict], notes: list[str]) -> str:
+def rst_fragment(rows: list[dict], notes: list[str], labelled: bool = True) -> str:
     """A compact list-table plus notes; rules/report/workflow.rst includes it on the first page.
 
     A warning note (random weights) comes first, in bold, above the table.
     """
-    header, body = summary_table(rows, COMPACT_COLUMNS)
+    header, body = summary_table(rows, COMPACT_COLUMNS, labelled)
     warnings = [note for note in notes if note.startswith(WARNING)]
     lines = [f"**{note}**\n" for note in warnings]
     lines += [

@@ -15,18 +15,23 @@ from yolo_w4.provenance import input_record, sha256, utc_now, versions
 def subset_step(annotations, images, ids_out, annotations_out, *, max_images: int, image_ids_list=None) -> dict:
     """The fixed image subset every model is scored on."""
     from yolo_w4.coco_subset import write_subset
+    from yolo_w4.preprocess import read_image
 
-    described = write_subset(annotations, images, ids_out, annotations_out, max_images, image_ids_list)
+    described = write_subset(
+        annotations, images, ids_out, annotations_out, max_images, image_ids_list, lambda p: read_image(p).shape[:2]
+    )
     print(f"subset: {described}")
     return described
 
 
-def calibration_step(annotations, images, eval_ids, output, *, max_images: int, image_ids_list=None) -> list[int]:
-    """Calibration ids: first `max_images` (or the list), checked against the evaluation ids."""
+def calibration_step(
+    annotations, images, eval_subset, eval_images, output, *, max_images: int, image_ids_list=None
+) -> list[int]:
+    """Calibration ids: first `max_images` (or the list), checked against the evaluation subset."""
     from yolo_w4.calibration import select_calibration
     from yolo_w4.coco_subset import write_ids
 
-    ids = select_calibration(annotations, images, max_images, image_ids_list, eval_ids)
+    ids = select_calibration(annotations, images, max_images, image_ids_list, eval_subset, eval_images)
     write_ids(output, ids)
     print(f"calibration: {len(ids)} images from {annotations}, none among the evaluation images")
     return ids
@@ -75,24 +80,34 @@ def evaluate_step(
     export_record=None,
     config=None,
 ) -> dict:
-    """ONNX model (+ its export record) -> COCO detections JSON + metrics JSON on the subset."""
-    from yolo_w4.coco_subset import image_paths, load_coco, read_ids
-    from yolo_w4.evaluate import category_ids, score, to_coco_results
+    """ONNX model (+ its export record) -> COCO detections JSON + metrics JSON on the subset.
+
+    A label-free subset (no annotations) gets detections and empty metrics; its category ids
+    are the model's class indices, named in the record's `categories` for the report.
+    """
+    from yolo_w4.coco_subset import image_paths, is_label_free, load_coco, read_ids
+    from yolo_w4.evaluate import METRIC_NAMES, category_ids, score, to_coco_results
     from yolo_w4.runtime import create_session, latency_stats, predict_images
 
     coco = load_coco(annotations)
+    labelled = not is_label_free(coco)
     ids = read_ids(ids_file)
     files = image_paths(coco, images)
     exported = read_json(export_record)
     session, providers = create_session(onnx_path, device)
-    cat_ids = category_ids(coco, exported["checkpoint"]["classes"])
+    model = exported["checkpoint"]
+    cat_ids = category_ids(coco, model["classes"]) if labelled else list(range(model["classes"]))
     images_in_order = [files[i] for i in ids]
     detections, latencies = predict_images(session, images_in_order, head, imgsz, conf, iou, max_det, multi_label)
     results = to_coco_results(ids, detections, cat_ids)
-    metrics = score(coco, results, ids)
+    metrics = score(coco, results, ids) if labelled else dict.fromkeys(METRIC_NAMES)
     record = {
         "variant": variant,
         "metrics": metrics,
+        "labels": "COCO annotations" if labelled else "none (label-free: agreement with FP only)",
+        "categories": None  # the annotation file's; label-free: the model's classes
+        if labelled
+        else [{"id": i, "name": name} for i, name in zip(cat_ids, model.get("names") or map(str, cat_ids))],
         "images": len(ids),
         "detections": len(results),
         "image_ids_sha256": sha256(ids_file),
@@ -124,7 +139,10 @@ def evaluate_step(
     }
     write_json(detections_out, results)
     write_json(metrics_out, record)
-    print(f"{variant}: mAP50-95 {metrics['mAP50_95']}, mAP50 {metrics['mAP50']} on {len(ids)} images")
+    if labelled:
+        print(f"{variant}: mAP50-95 {metrics['mAP50_95']}, mAP50 {metrics['mAP50']} on {len(ids)} images")
+    else:
+        print(f"{variant}: {len(results)} detections on {len(ids)} images (no annotations: scored by agreement)")
     return record
 
 
@@ -157,28 +175,30 @@ def latency_step(
     return result
 
 
-def draw_step(image_dir, annotations, fp_detections, detections, variant, output, *, conf: float, image_id=None) -> int:
-    """Side-by-side picture of FP vs `variant` boxes on one subset image."""
+def draw_step(
+    image_dir, annotations, fp_detections, detections, variant, output, *, conf: float, image_id=None, fp_metrics=None
+) -> int:
+    """Side-by-side picture of FP vs `variant` boxes on one subset image.
+
+    image_id None: the image with the most annotated objects (label-free: the most FP boxes drawn).
+    fp_metrics: the FP metrics JSON, whose `categories` name a label-free run's classes.
+    """
     from yolo_w4.coco_subset import load_coco
     from yolo_w4.draw import draw_side_by_side
 
     coco = load_coco(annotations)
-    if image_id is None:  # the subset image with the most annotated objects
+    fp = read_json(fp_detections)
+    if image_id is None:
+        counted = coco["annotations"] or [d for d in fp if d["score"] >= conf]
         counts = {}
-        for annotation in coco["annotations"]:
-            counts[annotation["image_id"]] = counts.get(annotation["image_id"], 0) + 1
+        for found in counted:
+            counts[found["image_id"]] = counts.get(found["image_id"], 0) + 1
         image_id = max(sorted(counts), key=counts.get) if counts else coco["images"][0]["id"]
     image = next(i for i in coco["images"] if i["id"] == image_id)
-    names = {c["id"]: c["name"] for c in coco["categories"]}
+    categories = coco["categories"] or (read_json(fp_metrics).get("categories") if fp_metrics else None) or []
+    names = {c["id"]: c["name"] for c in categories}
     return draw_side_by_side(
-        Path(image_dir) / image["file_name"],
-        image_id,
-        read_json(fp_detections),
-        read_json(detections),
-        variant,
-        names,
-        output,
-        conf,
+        Path(image_dir) / image["file_name"], image_id, fp, read_json(detections), variant, names, output, conf
     )
 
 

@@ -30,7 +30,7 @@ def report_step(
     """
     from yolo_w4 import plots, report
     from yolo_w4.bootstrap import paired_bootstrap
-    from yolo_w4.coco_subset import load_coco
+    from yolo_w4.coco_subset import is_label_free, load_coco
     from yolo_w4.deltas import delta_rows
     from yolo_w4.evaluate import coco_eval, coco_ground_truth, pseudo_ground_truth, summarize, with_area
 
@@ -52,14 +52,20 @@ def report_step(
             raise UserError(
                 f"{name} was scored on other images than fp (image_ids sha256 differs); re-run the workflow"
             )
-    gt = coco_ground_truth(load_coco(annotations))
+    subset = load_coco(annotations)
+    labelled = not is_label_free(subset)
+    if not labelled:  # no annotations: the classes are the model's (evaluate_step records them)
+        subset = {**subset, "categories": metrics[FP]["categories"]}
+    gt = coco_ground_truth(subset)
     image_ids = sorted(gt.getImgIds())
     found = {name: read_json(path) for name, path in detections.items()}
-    evaluators = {name: coco_eval(gt, found[name], image_ids) for name in found}
-    intervals = {
-        name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
-    }
-    pseudo = coco_ground_truth(pseudo_ground_truth(gt.dataset, found[FP], agreement_conf))
+    intervals = {}
+    if labelled:
+        evaluators = {name: coco_eval(gt, found[name], image_ids) for name in found}
+        intervals = {
+            name: paired_bootstrap(evaluators[FP], evaluators[name], resamples, seed) for name in metrics if name != FP
+        }
+    pseudo = coco_ground_truth(pseudo_ground_truth(subset, found[FP], agreement_conf))
     agreeing = {name: coco_eval(pseudo, with_area(found[name]), image_ids) for name in found}
     agreement = {}
     for name, evaluator in agreeing.items():
@@ -68,15 +74,15 @@ def report_step(
         if values["mAP50_95"] is not None:
             # FP against itself is 1.0 in every resample: no bootstrap needed. Resampled images bias AP
             # against a pseudo ground truth upwards: the percentile interval, shifted by the bootstrap's
-            # own bias estimate (mean - estimate), is centred on the estimate.
+            # own bias estimate (mean - estimate), is centred on the estimate (and kept within [0, 1]).
             low = high = 1.0
             if name != FP:
                 paired = paired_bootstrap(agreeing[FP], evaluator, resamples, seed)
                 bias = paired["bootstrap_mean"] - paired["delta"]
-                low, high = round(1 + paired["low"] - bias, 6), round(1 + paired["high"] - bias, 6)
+                low, high = (round(min(max(1 + paired[end] - bias, 0.0), 1.0), 6) for end in ("low", "high"))
         agreement[name] = {"mAP50_95": values["mAP50_95"], "mAP50": values["mAP50"], "ci_low": low, "ci_high": high}
     rows = delta_rows(metrics, intervals, exports, latency, packed, agreement)
-    notes = report_notes(metrics, latency, resamples)
+    notes = report_notes(metrics, latency, resamples, labelled)
     notes.append(
         f"Agreement: each model's detections scored against the FP model's own detections with score >= "
         f"{agreement_conf} as ground truth (no labels; FP = 1.0), 95% CI by the same bootstrap."
@@ -84,29 +90,35 @@ def report_step(
     notes.append(f"Built from {len(sources)} records; deltas.json lists each by path and sha256 (`inputs`).")
     title = f"yolo-w4 deltas vs FP — run {config.get('run_id') if config else ''}"
     report.write_csv(outputs["csv"], rows)
-    report.write_text(outputs["markdown"], report.markdown(rows, notes))
-    report.write_text(outputs["html"], report.html_page(rows, notes, title))
-    report.write_text(outputs["rst"], report.rst_fragment(rows, notes))
+    report.write_text(outputs["markdown"], report.markdown(rows, notes, labelled))
+    report.write_text(outputs["html"], report.html_page(rows, notes, title, labelled))
+    report.write_text(outputs["rst"], report.rst_fragment(rows, notes, labelled))
     write_json(
         outputs["json"],
         {
-            "rows": rows, "bootstrap": intervals, "agreement": agreement, "agreement_conf": agreement_conf,
+            "rows": rows, "labels": "COCO annotations" if labelled else "none (label-free)",
+            "bootstrap": intervals, "agreement": agreement, "agreement_conf": agreement_conf,
             "notes": notes, "image_ids_sha256": ids,
             "inputs": input_record(sources), "config": config, "versions": versions(), "created": utc_now(),
         },
     )  # fmt: skip
-    plots.plot_map(rows, outputs["map_plot"])
-    plots.plot_size_vs_map(rows, outputs["size_plot"])
+    plots.plot_map(rows, outputs["map_plot"], labelled)
+    plots.plot_size_vs_map(rows, outputs["size_plot"], labelled)
     plots.plot_latency(rows, outputs["latency_plot"])
-    print(report.markdown(rows, notes))
+    print(report.markdown(rows, notes, labelled))
     return rows
 
 
-def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
+def report_notes(metrics: dict, latency: dict, resamples: int, labelled: bool = True) -> list[str]:
     from yolo_w4 import report
 
     base = metrics[FP]
     notes = []
+    if not labelled:
+        notes.append(
+            "No annotations (coco.annotations: null): there is no mAP against labels. Every score is label-free "
+            "agreement with the FP model, which says how faithfully each variant reproduces FP, not how accurate FP is."
+        )
     if any(record.get("trusted_load") for record in metrics.values()):
         notes.append(
             "The checkpoint was loaded with trust_checkpoint: true (unrestricted unpickling, which can run code "
@@ -115,10 +127,12 @@ def report_notes(metrics: dict, latency: dict, resamples: int) -> list[str]:
     if any(record.get("random_weights") for record in metrics.values()):
         notes.append(f"{report.WARNING}: these metrics show the workflow's mechanics, not accuracy.")
     notes.append(
-        f"COCO subset of {base['images']} images (image_ids sha256 {base['image_ids_sha256'][:12]}…), "
+        f"{'COCO subset' if labelled else 'Image folder subset'} of {base['images']} images "
+        f"(image_ids sha256 {base['image_ids_sha256'][:12]}…), "
         f"head {base['head']}, conf {base['conf']}" + (f", NMS IoU {base['iou']}" if base["iou"] else "") + "."
     )
-    notes.append(f"Δ = variant − FP; 95% CI: paired bootstrap over images, {resamples} resamples.")
+    if labelled:
+        notes.append(f"Δ = variant − FP; 95% CI: paired bootstrap over images, {resamples} resamples.")
     notes.append(
         "Size vs FP: the INT4 file (4-bit weights packed two per byte, opset 21) where a variant has one, "
         "else its ONNX file; QCDQ keeps 4-bit weights in int8."
