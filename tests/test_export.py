@@ -121,3 +121,45 @@ def test_torch_compat_asks_for_the_torchscript_exporter(w4_onnx):
     graph = onnx.load(str(w4_onnx)).graph
     initializers = {init.name for init in graph.initializer}
     assert [i.name for i in graph.input] == ["images"] and not initializers & {i.name for i in graph.input}
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_export_writes_what_brevitas_qcdq_exporter_writes(tmp_path, coco_photo, symmetric):
+    """Our writer against Brevitas' own QCDQ exporter (which re-quantizes every weight several times
+    over and is ~3x slower): same integers, zero points, scales and Clip ranges, identical outputs."""
+    from brevitas.export import export_onnx_qcdq
+
+    from conftest import shared
+    from yolo_w4.onnx_graph import graph_constants
+
+    proxy = load_detector(shared("models", "yolov5n-v6.1-coco-legacy.pt"), head="one2many")
+    model = quantize_weights(proxy.model, default_recipe(symmetric=symmetric))
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "brevitas.onnx"
+    export_qcdq(model, ours)
+    with torch.no_grad():
+        export_onnx_qcdq(
+            model, args=torch.zeros(1, 3, 640, 640), export_path=str(theirs), opset_version=17,
+            input_names=["images"], output_names=["output0"], **onnx_export_kwargs(),
+        )  # fmt: skip
+    summaries = [onnx_summary(path)["weight_clips"] for path in (ours, theirs)]
+    assert len(summaries[0]) == len(summaries[1]) == 60
+    for a, b in zip(*summaries):
+        assert {k: v for k, v in a.items() if k != "layer"} == {k: v for k, v in b.items() if k != "layer"}
+
+    def dequantized(path):  # each conv's weight: (integers - zero point) x scale, in graph order
+        graph = onnx.load(str(path)).graph
+        constants = graph_constants(graph)
+        found = []
+        for node in graph.node:
+            if node.op_type == "DequantizeLinear":
+                clip = next(n for n in graph.node if n.output[0] == node.input[0])
+                integers = constants[clip.input[0]].astype(np.float64)
+                zero = constants[node.input[2]].astype(np.float64) if len(node.input) > 2 else 0.0
+                shape = (-1,) + (1,) * (integers.ndim - 1)
+                found.append((integers - np.reshape(zero, shape)) * np.reshape(constants[node.input[1]], shape))
+        return sorted(found, key=lambda w: (w.shape, float(np.abs(w).sum())))
+
+    for a, b in zip(dequantized(ours), dequantized(theirs)):
+        np.testing.assert_array_equal(a, b)
+    image, _ = coco_photo
+    np.testing.assert_array_equal(ort_output(ours, image), ort_output(theirs, image))

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from test_ptq import bits_of, calibration, held_out, output_sqnr, proxy  # noqa: F401 (fixtures)
 from yolo_w4.config import check_variant, default_recipe
 from yolo_w4.errors import UserError
-from yolo_w4.export import export_groupwise, onnx_summary
+from yolo_w4.export import export_qcdq, onnx_summary
 from yolo_w4.groupwise import groupwise_layers
 from yolo_w4.pack_int4 import pack_int4
 from yolo_w4.parity import compare_outputs
@@ -93,7 +93,7 @@ def test_gptq_with_static_groups_stays_on_the_grid_and_beats_group_rtn(proxy, ca
 def test_export_reads_back_integers_scales_and_blocks_and_runs_like_pytorch(proxy, held_out, tmp_path, precision):  # noqa: F811
     model = quantize_weights(proxy.model, default_recipe(group_size=32, scale="mse"))
     path, packed = tmp_path / "g32.onnx", tmp_path / "g32-int4.onnx"
-    export_groupwise(model, path, 640, precision)
+    export_qcdq(model, path, 640, precision)
     proto = onnx.load(str(path))
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) == 21
     constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}

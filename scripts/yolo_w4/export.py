@@ -1,9 +1,10 @@
 """Export the FP baseline and the weight-quantized models to ONNX, and describe the result.
 
-The quantized export is Brevitas' QCDQ form: each weight is an integer initializer, a Clip
-that enforces the b-bit range, and a per-channel DequantizeLinear feeding a float Conv.
-Activations stay floating point. Quantization always happens in FP32; FP16 export casts the
-already-quantized model (scales and biases become FP16, integer weights do not change).
+The quantized export is the QCDQ form Brevitas writes: each weight is an integer initializer,
+a Clip that enforces the b-bit range, and a per-channel (or per-group) DequantizeLinear feeding
+a float Conv; `export_qcdq` writes it from the quantized integers itself. Activations stay
+floating point. Quantization always happens in FP32; an FP16 file has FP16 activations and
+biases, and exactly the integers of the FP32 file.
 """
 
 import collections
@@ -119,19 +120,69 @@ def _torch_export(model: torch.nn.Module, path, imgsz: int, precision: str, batc
         )
 
 
-def snap_to_grid(model: torch.nn.Module) -> torch.nn.Module:
-    """Set each quantized conv's float weight to its dequantized FP32 value (integer x scale), in place.
+GROUPWISE_OPSET = 21  # DequantizeLinear's block_size (blocked quantization) is opset 21
 
-    Brevitas re-derives the integers from the float weight on every forward; cast to FP16, a
-    weight near a rounding boundary would round the other way (0.1% of YOLOv10n's weights
-    under round-to-nearest). On the grid, every integer survives the cast.
+
+def _weight_integers(module, quant=None) -> dict:
+    """How one quantized conv's weight is stored: its integers, scales, zero points, range and layout.
+
+    Brevitas per-channel layers: integers shaped like the weight (int8, uint8 for asymmetric grids),
+    FP32 scales along axis 0, zero points only where the grid has them. Group-wise layers
+    (groupwise.GroupQuantConv2d): int8 (out, in*kh*kw), FP16 scales (out, groups) along axis 1 in
+    blocks of group_size, reshaped to the weight's shape after dequantizing.
     """
+    from brevitas.function.ops import max_int, min_int
+
+    if hasattr(module, "group_size"):
+        return {
+            "integers": module.integers().reshape(module.out_channels, -1).to(torch.int8).numpy(),
+            "scale": module.scale.detach().numpy().astype(np.float16),  # FP16 values (groupwise.py)
+            "zero_point": None,
+            "range": (module.qmin, module.qmax),
+            "axis": 1,
+            "block_size": module.group_size,
+            "shape": list(module.weight.shape),
+        }
+    quant = quant if quant is not None else module.quant_weight()
+    dtype = torch.int8 if quant.signed else torch.uint8
+    # value = (integer - zero point) x scale: recovered by one division (QuantTensor.int() costs 10x more)
+    integers = torch.round(quant.value / quant.scale + quant.zero_point).detach().to(dtype)
+    zero_point = quant.zero_point.detach().reshape(-1).expand(module.out_channels).to(dtype)
+    proxy = module.weight_quant
+    bits, narrow = quant.bit_width, proxy.is_narrow_range
+    return {
+        "integers": integers.numpy(),
+        "scale": quant.scale.detach().reshape(-1).float().numpy(),
+        "zero_point": zero_point.numpy() if (not quant.signed or bool(zero_point.any())) else None,
+        "range": (int(min_int(quant.signed, narrow, bits)), int(max_int(quant.signed, narrow, bits))),
+        "axis": 0,
+        "block_size": None,
+        "shape": None,
+    }
+
+
+def _plain_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """A copy with every quantized conv replaced by a Conv2d holding its dequantized FP32 weight, and
+    {layer: `_weight_integers` of it}."""
+    plain = copy.deepcopy(model)
+    stored = {}
     with torch.no_grad():
-        for module in model.modules():
-            quant = getattr(module, "weight_quant", None)
-            if quant is not None and quant.is_quant_enabled:
-                module.weight.copy_(module.quant_weight().value)
-    return model
+        for name, module in [(n, m) for n, m in plain.named_modules() if _is_quantized(m)]:
+            conv = torch.nn.Conv2d(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
+            )  # fmt: skip
+            quant = module.quant_weight()
+            conv.weight.copy_(quant.value)
+            conv.bias.copy_(module.bias if module.bias is not None else torch.zeros_like(conv.bias))
+            stored[name] = _weight_integers(module, quant)
+            plain.set_submodule(name, conv)
+    return plain.eval(), stored
+
+
+def _is_quantized(module) -> bool:
+    quant = getattr(module, "weight_quant", None)
+    return isinstance(module, torch.nn.Conv2d) and quant is not None and quant.is_quant_enabled
 
 
 def export_qcdq(
@@ -142,110 +193,39 @@ def export_qcdq(
     batch: int = 1,
     metadata: dict | None = None,
 ) -> None:
-    """Quantized model as QCDQ ONNX (integer weights, Clip, DequantizeLinear, float Conv).
+    """Weight-quantized model as QCDQ ONNX, written from its integers.
 
-    FP16 casts the model after snapping its weights to the FP32 grid: the same integers as FP32.
-    """
-    from brevitas.export import export_onnx_qcdq
-
-    model = _cast(snap_to_grid(copy.deepcopy(model)) if precision == "fp16" else model, precision)
-    with atomic_path(path) as tmp, torch.no_grad():
-        export_onnx_qcdq(
-            model,
-            args=_example_input(imgsz, precision, batch),
-            export_path=str(tmp),
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            **onnx_export_kwargs(),
-        )
-        _stamp(tmp, metadata)
-        onnx.checker.check_model(str(tmp), full_check=True)
-
-
-GROUPWISE_OPSET = 21  # DequantizeLinear's block_size (blocked quantization) is opset 21
-
-
-def _plain_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
-    """A copy with every GroupQuantConv2d replaced by a Conv2d holding its dequantized weight, and
-    {layer: (integers (out, n) int8, scales (out, groups), group_size, qmin, qmax)} of those layers."""
-    from yolo_w4.groupwise import groupwise_layers
-
-    plain = copy.deepcopy(model)
-    quantized = {}
-    with torch.no_grad():
-        for name, module in groupwise_layers(plain).items():
-            conv = torch.nn.Conv2d(
-                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
-            )  # fmt: skip
-            conv.weight.copy_(module.quant_weight().value)
-            conv.bias.copy_(module.bias)
-            plain.set_submodule(name, conv)
-            integers = module.integers().reshape(module.out_channels, -1).to(torch.int8)
-            quantized[name] = (integers.numpy(), module.scale.detach().float().numpy(), module.group_size,
-                               module.qmin, module.qmax)  # fmt: skip
-    return plain.eval(), quantized
-
-
-def export_groupwise(
-    model: torch.nn.Module,
-    path,
-    imgsz: int = 640,
-    precision: str = "fp32",
-    batch: int = 1,
-    metadata: dict | None = None,
-) -> None:
-    """Group-wise quantized model as ONNX opset 21, QCDQ-style, written from its integers.
-
-    Brevitas' exporter refuses per-group scales, so the model is exported with its dequantized
-    weights and each group-wise conv's weight initializer is then replaced by: int8 integers
-    (out, in*kh*kw) -> Clip [qmin, qmax] -> DequantizeLinear(axis=1, block_size=group_size,
-    scales (out, groups) stored as FP16, Cast to FP32 in an FP32 file) -> Reshape (out, in, kh, kw)
-    -> Conv. INT4 packing (pack_int4) then works on it as on a per-channel QCDQ file.
+    The model is exported with its dequantized weights (torch.onnx, as the FP baseline), then each
+    quantized conv's weight initializer is replaced by: integers -> Clip [qmin, qmax] ->
+    DequantizeLinear -> Conv, the form Brevitas' QCDQ exporter writes (which re-quantizes every
+    weight several times over: 48 s against 11 s on YOLOv10m, and refuses group-wise scales).
+    Per channel: axis 0, FP32 scales, opset 17; FP16 files Cast the dequantized FP32 weight to FP16.
+    Group-wise: int8 (out, in*kh*kw), DequantizeLinear(axis=1, block_size) over FP16 scales (a Cast
+    to FP32 in FP32 files), Reshape to the weight's shape; opset 21. The integers never depend on
+    `precision`: they are taken from the FP32 model. INT4 packing (pack_int4) works on either.
     """
     from onnx import helper, numpy_helper, version_converter
 
     from yolo_w4.onnx_graph import set_metadata
 
-    plain, quantized = _plain_copy(model)
+    plain, stored = _plain_copy(model)
+    grouped = any(layer["block_size"] for layer in stored.values())
     with atomic_path(path) as tmp:
         _torch_export(plain, tmp, imgsz, precision, batch)
-        proto = version_converter.convert_version(onnx.load(str(tmp)), GROUPWISE_OPSET)
+        proto = onnx.load(str(tmp))
+        if grouped:
+            proto = version_converter.convert_version(proto, GROUPWISE_OPSET)
         graph = proto.graph
         initializers = {init.name: init for init in graph.initializer}
         nodes, replaced = [], set()
         for conv in [node for node in graph.node if node.op_type == "Conv"]:
             layer = conv.input[1].removesuffix(".weight")
-            if layer not in quantized or conv.input[1] not in initializers:
+            if layer not in stored or conv.input[1] not in initializers:
                 continue
-            integers, scales, group_size, low, high = quantized[layer]
-            shape = list(numpy_helper.to_array(initializers[conv.input[1]]).shape)
-            parts = ("int", "min", "max", "clipped", "scale", "scale_cast", "dq", "shape")
-            names = {part: f"{layer}.weight_{part}" for part in parts}
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(integers, names["int"]),
-                    numpy_helper.from_array(np.array(low, np.int8), names["min"]),
-                    numpy_helper.from_array(np.array(high, np.int8), names["max"]),
-                    numpy_helper.from_array(scales.astype(np.float16), names["scale"]),  # FP16 values (groupwise.py)
-                    numpy_helper.from_array(np.array(shape, np.int64), names["shape"]),
-                ]
-            )
-            scale = names["scale"]
-            if precision == "fp32":  # dequantize in FP32 (exact), from the FP16 scales stored
-                nodes.append(helper.make_node("Cast", [scale], [names["scale_cast"]], to=onnx.TensorProto.FLOAT))
-                scale = names["scale_cast"]
-            nodes += [
-                helper.make_node("Clip", [names["int"], names["min"], names["max"]], [names["clipped"]]),
-                helper.make_node(
-                    "DequantizeLinear", [names["clipped"], scale], [names["dq"]], axis=1, block_size=group_size
-                ),
-                helper.make_node("Reshape", [names["dq"], names["shape"]], [conv.input[1]]),
-            ]
+            nodes += _dequantize_nodes(graph, layer, stored[layer], precision, conv.input[1], helper, numpy_helper)
             replaced.add(conv.input[1])
-        if len(replaced) != len(quantized):
-            raise RuntimeError(f"export_groupwise found {len(replaced)} of {len(quantized)} group-wise conv weights")
+        if len(replaced) != len(stored):
+            raise RuntimeError(f"export_qcdq found {len(replaced)} of {len(stored)} quantized conv weights")
         for name in replaced:
             graph.initializer.remove(initializers[name])
         for node in reversed(nodes):  # constants only: ahead of every other node keeps the graph sorted
@@ -254,6 +234,43 @@ def export_groupwise(
             set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _dequantize_nodes(graph, layer: str, weight: dict, precision: str, output: str, helper, numpy_helper) -> list:
+    """Add one conv's integer, range and scale initializers to `graph`; return the nodes that make `output`."""
+    parts = ("int", "min", "max", "clipped", "scale", "scale_cast", "zero_point", "dq", "dq_cast", "shape")
+    names = {part: f"{layer}.weight_{part}" for part in parts}
+    integers = weight["integers"]
+    low, high = (np.array(v, integers.dtype) for v in weight["range"])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(integers, names["int"]),
+            numpy_helper.from_array(low, names["min"]),
+            numpy_helper.from_array(high, names["max"]),
+            numpy_helper.from_array(weight["scale"], names["scale"]),
+        ]
+    )
+    nodes = [helper.make_node("Clip", [names["int"], names["min"], names["max"]], [names["clipped"]])]
+    scale = names["scale"]
+    if weight["scale"].dtype == np.float16 and precision == "fp32":  # dequantize in FP32 (exact) from FP16 scales
+        nodes.append(helper.make_node("Cast", [scale], [names["scale_cast"]], to=onnx.TensorProto.FLOAT))
+        scale = names["scale_cast"]
+    inputs = [names["clipped"], scale]
+    if weight["zero_point"] is not None:
+        graph.initializer.append(numpy_helper.from_array(weight["zero_point"], names["zero_point"]))
+        inputs.append(names["zero_point"])
+    block = {"block_size": weight["block_size"]} if weight["block_size"] else {}
+    dequantized = names["dq"]
+    nodes.append(helper.make_node("DequantizeLinear", inputs, [dequantized], axis=weight["axis"], **block))
+    if weight["scale"].dtype == np.float32 and precision == "fp16":  # FP32 dequantization, FP16 conv
+        nodes.append(helper.make_node("Cast", [dequantized], [names["dq_cast"]], to=onnx.TensorProto.FLOAT16))
+        dequantized = names["dq_cast"]
+    if weight["shape"]:
+        graph.initializer.append(numpy_helper.from_array(np.array(weight["shape"], np.int64), names["shape"]))
+        nodes.append(helper.make_node("Reshape", [dequantized, names["shape"]], [output]))
+    else:
+        nodes[-1].output[0] = output
+    return nodes
 
 
 def _io_shapes(values) -> dict:

@@ -4,7 +4,7 @@ A per-channel 4-bit grid spends one scale on a whole output channel (in x kh x k
 up to thousands); a few large weights then stretch it for all. LLM W4A16 recipes give each
 run of 32-128 weights along the reduction dimension its own scale instead, and ONNX opset
 21 says the same thing directly: a `DequantizeLinear` with `axis=1, block_size=group_size`
-over the 2-D `[out, in*kh*kw]` integers (export.export_groupwise writes it).
+over the 2-D `[out, in*kh*kw]` integers (export.export_qcdq writes it).
 
 Brevitas' QCDQ exporter refuses per-group scales, so group-wise convs are this module, not
 Brevitas layers; it offers the part of Brevitas' interface the PTQ code reads

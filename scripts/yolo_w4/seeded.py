@@ -35,8 +35,17 @@ def build_seeded_checkpoint(out_path, arch: str = "yolov10n.yaml", seed: int = 0
     import ultralytics
     from ultralytics.nn.tasks import DetectionModel
 
+    from yolo_w4.errors import UserError
+
+    if not arch.endswith((".yaml", ".yml")):
+        arch = f"{arch}.yaml"  # yolov10m: Ultralytics' bundled yolov10m.yaml
     torch.manual_seed(seed)
-    model = DetectionModel(arch, nc=80, verbose=False)
+    try:
+        model = DetectionModel(arch, nc=80, verbose=False)
+    except (FileNotFoundError, AssertionError) as error:
+        raise UserError(
+            f"no Ultralytics architecture YAML {arch} ({error}); name a bundled one, e.g. yolov10m.yaml, or a YAML file"
+        ) from error
     model.names = coco_names()
     batch = torch.cat([torch.from_numpy(load_input(path, imgsz)[0]) for path in asset_images()])
     for module in model.modules():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
 from yolo_w4.errors import UserError
-from yolo_w4.export import export_fp, export_groupwise, export_qcdq, onnx_summary
+from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
 from yolo_w4.names import FP
 from yolo_w4.provenance import input_record, utc_now, versions
@@ -198,9 +198,7 @@ def export_step(
     variant = quantized_record["variant"] if quantized_record else FP
     bits_per_weight = conv_bits_per_weight(quantized_record, precision)
     metadata = model_metadata(detector, precision, variant, settings, bits_per_weight=bits_per_weight)
-    if quantized and settings.get("group_size"):
-        export_groupwise(model, output, detector.imgsz, precision, metadata=metadata)
-    elif quantized:
+    if quantized:
         export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)
     else:
         export_fp(model, output, detector.imgsz, precision, metadata=metadata)
