@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test test-slurm lint accuracy gpu-check clean-demo
+.PHONY: setup demo test test-slurm lint accuracy bench gpu-check clean-demo
 
 setup: $(VENV)/.installed
 
@@ -28,14 +28,18 @@ test: setup
 test-slurm: setup
 	$(BIN)/python -m pytest -m slurm tests/test_slurm.py
 
-# The proxy accuracy benchmark on ../shared/data: prints the deltas table, writes
-# results/accuracy-yolov5n/report/deltas.{md,csv,json}.
+# The accuracy benchmark on ../shared/data, two trained models: the COCO-trained YOLOv5n proxy (mAP
+# against labels and agreement with FP) and the 2-class fall-detection YOLOv8s (agreement only: its
+# classes are not COCO's). Prints both deltas tables; writes results/accuracy-*/report/deltas.{md,csv,json}.
 accuracy: setup
 	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml
-	@cat results/accuracy-yolov5n/report/deltas.md
+	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml config/accuracy-fall-yolov8s.yaml
+	@echo "## YOLOv5n (COCO, 80 classes)"; cat results/accuracy-yolov5n/report/deltas.md
+	@echo "## fall-detection YOLOv8s (2 classes, no labels: agreement with FP)"; cat results/accuracy-fall-yolov8s/report/deltas.md
 	mkdir -p docs/results
 	cp results/accuracy-yolov5n/report/deltas.csv docs/results/accuracy-yolov5n.csv
-	@echo "copied to docs/results/accuracy-yolov5n.csv (docs/accuracy.md); commit it with the numbers it changes there"
+	cp results/accuracy-fall-yolov8s/report/deltas.csv docs/results/accuracy-fall-yolov8s.csv
+	@echo "copied to docs/results/accuracy-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md); commit them with the numbers they change there"
 
 # What the CUDA path really does on an NVIDIA GPU machine (a few minutes): one table, printed
 # and written to results/gpu-check/gpu_check.{md,json}. Without a GPU: one line, exit 0.
@@ -53,3 +57,10 @@ lint: setup
 
 clean-demo:
 	rm -rf results/demo results/seeded results/ultralytics-assets
+
+# Where time and bytes go (issue #14): a seeded YOLOv10m through the whole workflow from scratch, 20 val2017
+# images, w4a16_rtn beside FP; prints the table, writes results/bench/bench.{json,md} with the machine's facts.
+# BENCH_ARGS="--before results/bench-before/bench.json" adds a before/after table (--workdir: another checkout).
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python -m yolo_w4.bench --out results/bench $(BENCH_ARGS)
