@@ -82,12 +82,14 @@ def layer_bit_widths(settings: dict, selected) -> dict:
     return {name: int(layer_bits.get(name, settings["weight_bits"])) for name in selected}
 
 
-def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
+def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = True) -> torch.nn.Module:
     """A copy of `model` (FP32, fused) whose selected convs carry fake-quantized weights: round to nearest.
 
     settings: a resolved recipe (yolo_w4.config); reads weight_bits, scale, symmetric,
     narrow_range, keep_float, group_size (set: groupwise.GroupQuantConv2d instead of Brevitas
-    per-channel layers) and, for mixed precision, layer_bits {name: bits}.
+    per-channel layers) and, for mixed precision, layer_bits {name: bits}. initialise False leaves
+    Brevitas' scales to a state dict loaded next (load_quantized): fixing them from the FP weights
+    quantizes every weight once more, seconds on YOLOv10m, for values the state dict replaces.
     """
     from brevitas.graph.quantize import layerwise_quantize
 
@@ -121,7 +123,8 @@ def quantize_weights(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
         module = layers[name]
         if module.bias is None:  # bias correction needs one; zeros keep the output unchanged
             module.bias = torch.nn.Parameter(torch.zeros(module.out_channels))
-        module.quant_weight()  # fix the scale parameter from the FP weights now
+        if initialise:
+            module.quant_weight()  # fix the scale parameter from the FP weights now
     return quantized.eval()
 
 

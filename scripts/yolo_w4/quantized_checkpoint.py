@@ -60,6 +60,6 @@ def load_quantized(path, checkpoint=None, trust: bool = False) -> tuple[torch.nn
             f"{path} was made from a checkpoint with sha256 {source['sha256'][:12]}…, but "
             f"{detector.path} has {detector.sha256[:12]}…; re-run the quantize rule"
         )
-    model = quantize_weights(detector.model, data["settings"])
+    model = quantize_weights(detector.model, data["settings"], initialise=False)
     model.load_state_dict(data.pop("state_dict"))
     return model.eval(), detector, data
