@@ -82,7 +82,8 @@ def snakemake(workdir: Path, cores: int, configfile: Path, *targets, dry=False) 
     """Run Snakemake in `workdir` with that checkout's library first on the path; return wall seconds."""
     env = {**os.environ, "PYTHONPATH": str(workdir / "scripts")}
     env.setdefault("YOLO_OFFLINE", "1")
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(configfile), *targets]
+    # targets before --configfile, which would read them as more config files
+    command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile", str(configfile)]
     if dry:
         command.append("-n")
     started = time.perf_counter()
@@ -128,8 +129,8 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
             rows.append({"what": label, "value": seconds, "unit": "s", "note": note})
     latency = read_json(results / "latency" / f"{MODEL}.json")["models"]
     metrics = {name: read_json(results / "metrics" / f"{MODEL}-{name}.json") for name in ("fp", variant)}
-    exports = {name: read_json(results / "onnx" / f"{MODEL}-{name}{suffix}.json")
-               for name, suffix in (("fp", "-fp"), (variant, f"-{variant}-qcdq-ptq"))}  # fmt: skip
+    exports = {name: read_json(results / "onnx" / f"{MODEL}-{stem}.json")
+               for name, stem in (("fp", "fp"), (variant, f"{variant}-qcdq-ptq"))}  # fmt: skip
     int4 = results / "onnx" / f"{MODEL}-{variant}-int4-ptq.json"
     for name in ("fp", variant):
         rows.append({"what": f"latency {name}, batch 1 (median)", "value": latency[name]["median_ms"], "unit": "ms",

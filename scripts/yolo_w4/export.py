@@ -8,6 +8,7 @@ biases, and exactly the integers of the FP32 file.
 """
 
 import collections
+import contextlib
 import copy
 
 import numpy as np
@@ -161,23 +162,29 @@ def _weight_integers(module, quant=None) -> dict:
     }
 
 
-def _plain_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
-    """A copy with every quantized conv replaced by a Conv2d holding its dequantized FP32 weight, and
-    {layer: `_weight_integers` of it}."""
-    plain = copy.deepcopy(model)
-    stored = {}
-    with torch.no_grad():
-        for name, module in [(n, m) for n, m in plain.named_modules() if _is_quantized(m)]:
-            conv = torch.nn.Conv2d(
-                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
-            )  # fmt: skip
-            quant = module.quant_weight()
-            conv.weight.copy_(quant.value)
-            conv.bias.copy_(module.bias if module.bias is not None else torch.zeros_like(conv.bias))
-            stored[name] = _weight_integers(module, quant)
-            plain.set_submodule(name, conv)
-    return plain.eval(), stored
+@contextlib.contextmanager
+def _dequantized(model: torch.nn.Module):
+    """`model` with every quantized conv swapped for a Conv2d holding its dequantized FP32 weight, and
+    {layer: `_weight_integers` of it}; the quantized convs are put back on exit. In place: a deep copy
+    of a Brevitas model costs more than the swap."""
+    swapped, stored = {}, {}
+    try:
+        with torch.no_grad():
+            for name, module in [(n, m) for n, m in model.named_modules() if _is_quantized(m)]:
+                conv = torch.nn.Conv2d(
+                    module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
+                )  # fmt: skip
+                quant = module.quant_weight()
+                conv.weight.copy_(quant.value)
+                conv.bias.copy_(module.bias if module.bias is not None else torch.zeros_like(conv.bias))
+                stored[name] = _weight_integers(module, quant)
+                swapped[name] = module
+                model.set_submodule(name, conv.eval())
+        yield model, stored
+    finally:
+        for name, module in swapped.items():
+            model.set_submodule(name, module)
 
 
 def _is_quantized(module) -> bool:
@@ -208,10 +215,10 @@ def export_qcdq(
 
     from yolo_w4.onnx_graph import set_metadata
 
-    plain, stored = _plain_copy(model)
-    grouped = any(layer["block_size"] for layer in stored.values())
     with atomic_path(path) as tmp:
-        _torch_export(plain, tmp, imgsz, precision, batch)
+        with _dequantized(model) as (plain, stored):
+            _torch_export(plain, tmp, imgsz, precision, batch)
+        grouped = any(layer["block_size"] for layer in stored.values())
         proto = onnx.load(str(tmp))
         if grouped:
             proto = version_converter.convert_version(proto, GROUPWISE_OPSET)
