@@ -129,8 +129,7 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
             rows.append({"what": label, "value": seconds, "unit": "s", "note": note})
     latency = read_json(results / "latency" / f"{MODEL}.json")["models"]
     metrics = {name: read_json(results / "metrics" / f"{MODEL}-{name}.json") for name in ("fp", variant)}
-    exports = {name: read_json(results / "onnx" / f"{MODEL}-{stem}.json")
-               for name, stem in (("fp", "fp"), (variant, f"{variant}-qcdq-ptq"))}  # fmt: skip
+    fp_bytes = read_json(results / "onnx" / f"{MODEL}-fp.json")["bytes"]
     int4 = results / "onnx" / f"{MODEL}-{variant}-int4-ptq.json"
     for name in ("fp", variant):
         rows.append({"what": f"latency {name}, batch 1 (median)", "value": latency[name]["median_ms"], "unit": "ms",
@@ -145,9 +144,9 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
         rows.append({"what": "PTQ inside quantize_weights", "value": metrics[variant]["ptq_seconds"], "unit": "s",
                      "note": "the recipe alone (rounding for RTN)"})  # fmt: skip
     if int4.is_file():
-        ratio = read_json(int4)["bytes"] / exports["fp"]["bytes"]
-        rows.append({"what": "INT4 file / FP32 file", "value": round(ratio, 4), "unit": "x",
-                     "note": f"{read_json(int4)['bytes']:,} / {exports['fp']['bytes']:,} bytes"})  # fmt: skip
+        packed = read_json(int4)["bytes"]
+        rows.append({"what": "INT4 file / FP32 file", "value": round(packed / fp_bytes, 4), "unit": "x",
+                     "note": f"{packed:,} / {fp_bytes:,} bytes"})  # fmt: skip
     rows.append({"what": f"whole workflow, snakemake --cores {cores}", "value": total, "unit": "s", "note": ""})
     rows.append({"what": "snakemake -n (nothing to do)", "value": dry, "unit": "s", "note": ""})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workdir, capture_output=True, text=True)

@@ -138,6 +138,11 @@ def is_label_free(coco: dict) -> bool:
     return bool(coco.get("label_free"))
 
 
+def labels_kind(coco: dict) -> str:
+    """What a subset's models are scored against, as the metrics and deltas JSONs state it."""
+    return "none (label-free: agreement with FP only)" if is_label_free(coco) else "COCO annotations"
+
+
 def write_subset(
     annotations, images_dir, ids_out, annotations_out, max_images=100, id_list=None, image_size=None
 ) -> dict:

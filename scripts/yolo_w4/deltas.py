@@ -71,6 +71,13 @@ def _fmt(value, digits=3, suffix=""):
     return f"{value}{suffix}"
 
 
+def _agreement_interval(r) -> str:
+    """' [low, high]' of a variant's agreement; nothing for FP (1.0 by definition) or without a score."""
+    if r["variant"] == FP or r["agreement_ci_low"] is None:
+        return ""
+    return f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
+
+
 SUMMARY_COLUMNS = (
     ("model", lambda r: r["variant"]),
     ("settings", lambda r: r["settings"] or ""),
@@ -93,14 +100,7 @@ SUMMARY_COLUMNS = (
     ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     (
         "agreement mAP50-95 / mAP50 [95% CI]",
-        lambda r: (
-            f"{_fmt(r['agreement_mAP50_95'])} / {_fmt(r['agreement_mAP50'])}"
-            + (
-                f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
-                if r["variant"] != FP and r["agreement_ci_low"] is not None
-                else ""
-            )
-        ),
+        lambda r: f"{_fmt(r['agreement_mAP50_95'])} / {_fmt(r['agreement_mAP50'])}{_agreement_interval(r)}",
     ),
     ("ONNX MB", lambda r: _fmt(r["onnx_bytes"] / 1e6, 2)),
     ("INT4 MB", lambda r: _fmt(r["int4_bytes"] / 1e6, 2) if r["int4_bytes"] else "—"),
@@ -133,17 +133,7 @@ COMPACT_COLUMNS = (
 # The same first screen for a run without annotations: agreement with FP is the only score.
 COMPACT_LABEL_FREE_COLUMNS = (
     COMPACT_COLUMNS[0],
-    (
-        "agreement mAP50-95 [95% CI]",
-        lambda r: (
-            _fmt(r["agreement_mAP50_95"])
-            + (
-                f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
-                if r["variant"] != FP and r["agreement_ci_low"] is not None
-                else ""
-            )
-        ),
-    ),
+    ("agreement mAP50-95 [95% CI]", lambda r: _fmt(r["agreement_mAP50_95"]) + _agreement_interval(r)),
     ("agreement mAP50", lambda r: _fmt(r["agreement_mAP50"])),
     *COMPACT_COLUMNS[-2:],
 )

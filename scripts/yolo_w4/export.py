@@ -18,6 +18,7 @@ import torch
 from yolo_w4.files import atomic_path
 from yolo_w4.names import FP
 from yolo_w4.onnx_graph import graph_constants
+from yolo_w4.quantize import weight_bits
 from yolo_w4.torch_compat import onnx_export_kwargs
 
 OPSET = 17
@@ -124,13 +125,14 @@ def _torch_export(model: torch.nn.Module, path, imgsz: int, precision: str, batc
 GROUPWISE_OPSET = 21  # DequantizeLinear's block_size (blocked quantization) is opset 21
 
 
-def _weight_integers(module, quant=None) -> dict:
+def _weight_integers(module, quant) -> dict:
     """How one quantized conv's weight is stored: its integers, scales, zero points, range and layout.
 
     Brevitas per-channel layers: integers shaped like the weight (int8, uint8 for asymmetric grids),
     FP32 scales along axis 0, zero points only where the grid has them. Group-wise layers
     (groupwise.GroupQuantConv2d): int8 (out, in*kh*kw), FP16 scales (out, groups) along axis 1 in
-    blocks of group_size, reshaped to the weight's shape after dequantizing.
+    blocks of group_size, reshaped to the weight's shape after dequantizing. quant: the layer's
+    `quant_weight()` (Brevitas layers read theirs; group-wise layers hold their integers).
     """
     from brevitas.function.ops import max_int, min_int
 
@@ -144,7 +146,6 @@ def _weight_integers(module, quant=None) -> dict:
             "block_size": module.group_size,
             "shape": list(module.weight.shape),
         }
-    quant = quant if quant is not None else module.quant_weight()
     dtype = torch.int8 if quant.signed else torch.uint8
     # value = (integer - zero point) x scale: recovered by one division (QuantTensor.int() costs 10x more)
     integers = torch.round(quant.value / quant.scale + quant.zero_point).detach().to(dtype)
@@ -170,7 +171,8 @@ def _dequantized(model: torch.nn.Module):
     swapped, stored = {}, {}
     try:
         with torch.no_grad():
-            for name, module in [(n, m) for n, m in model.named_modules() if _is_quantized(m)]:
+            quantized = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+            for name, module in [(n, m) for n, m in quantized if weight_bits(m) is not None]:
                 conv = torch.nn.Conv2d(
                     module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
@@ -185,11 +187,6 @@ def _dequantized(model: torch.nn.Module):
     finally:
         for name, module in swapped.items():
             model.set_submodule(name, module)
-
-
-def _is_quantized(module) -> bool:
-    quant = getattr(module, "weight_quant", None)
-    return isinstance(module, torch.nn.Conv2d) and quant is not None and quant.is_quant_enabled
 
 
 def export_qcdq(

@@ -85,7 +85,7 @@ def evaluate_step(
     A label-free subset (no annotations) gets detections and empty metrics; its category ids
     are the model's class indices, named in the record's `categories` for the report.
     """
-    from yolo_w4.coco_subset import image_paths, is_label_free, load_coco, read_ids
+    from yolo_w4.coco_subset import image_paths, is_label_free, labels_kind, load_coco, read_ids
     from yolo_w4.evaluate import METRIC_NAMES, category_ids, score, to_coco_results
     from yolo_w4.runtime import create_session, latency_stats, predict_images
 
@@ -104,7 +104,7 @@ def evaluate_step(
     record = {
         "variant": variant,
         "metrics": metrics,
-        "labels": "COCO annotations" if labelled else "none (label-free: agreement with FP only)",
+        "labels": labels_kind(coco),
         "categories": None  # the annotation file's; label-free: the model's classes
         if labelled
         else [{"id": i, "name": name} for i, name in zip(cat_ids, model.get("names") or map(str, cat_ids))],

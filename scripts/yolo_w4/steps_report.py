@@ -30,7 +30,7 @@ def report_step(
     """
     from yolo_w4 import plots, report
     from yolo_w4.bootstrap import paired_bootstrap
-    from yolo_w4.coco_subset import is_label_free, load_coco
+    from yolo_w4.coco_subset import is_label_free, labels_kind, load_coco
     from yolo_w4.deltas import delta_rows
     from yolo_w4.evaluate import coco_eval, coco_ground_truth, pseudo_ground_truth, summarize, with_area
 
@@ -96,7 +96,7 @@ def report_step(
     write_json(
         outputs["json"],
         {
-            "rows": rows, "labels": "COCO annotations" if labelled else "none (label-free)",
+            "rows": rows, "labels": labels_kind(subset),
             "bootstrap": intervals, "agreement": agreement, "agreement_conf": agreement_conf,
             "notes": notes, "image_ids_sha256": ids,
             "inputs": input_record(sources), "config": config, "versions": versions(), "created": utc_now(),
