@@ -68,6 +68,8 @@ rule synthesize_calibration:
         steps=CALIBRATION["synthetic"]["steps"],
         lr=CALIBRATION["synthetic"]["lr"],
         seed=CALIBRATION["synthetic"]["seed"],
+        batch=CALIBRATION["synthetic"]["batch"],
+        coarse=CALIBRATION["synthetic"]["coarse"],
         device=config["device"],
     script:
         "../scripts/synthesize_calibration.py"

@@ -15,6 +15,8 @@ run_rule(
     steps=sm.params.steps,
     lr=sm.params.lr,
     seed=sm.params.seed,
+    batch=sm.params.batch,
+    coarse=sm.params.coarse,
     device=sm.params.device,
     trust=sm.config["trust_checkpoint"],
 )

@@ -163,3 +163,44 @@ def test_export_writes_what_brevitas_qcdq_exporter_writes(tmp_path, coco_photo, 
         np.testing.assert_array_equal(a, b)
     image, _ = coco_photo
     np.testing.assert_array_equal(ort_output(ours, image), ort_output(theirs, image))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"symmetric": False}, {"group_size": 32}, {"layer_bits": {"model.0.conv": 8}}],
+    ids=["per-channel", "asymmetric", "groups", "mixed"],
+)
+def test_export_from_the_saved_integers_is_the_export_of_the_quantized_model(
+    detector, seeded_checkpoint, tmp_path, settings
+):
+    """The export and smoke jobs read the integers the quantize step saved (no Brevitas, no rebuild): the
+    same outputs as the quantized model, the same file."""
+    from yolo_w4.export import dequantize
+    from yolo_w4.quantized_checkpoint import load_dequantized, save_quantized
+
+    recipe = default_recipe(**settings)
+    model = quantize_weights(detector.model, recipe)
+    save_quantized(tmp_path / "q.pt", model, detector, "w4a16", recipe)
+    plain, _, record, weights = load_dequantized(tmp_path / "q.pt", seeded_checkpoint)
+    assert record["variant"] == "w4a16" and "state_dict" not in record
+    assert not any(hasattr(module, "weight_quant") for module in plain.modules())
+    quantized = {n: m for n, m in conv_layers(model).items() if hasattr(m, "weight_quant")}
+    assert sorted(weights) == sorted(quantized)
+    for name, module in quantized.items():
+        assert torch.equal(dequantize(weights[name]), module.quant_weight().value.detach()), name
+        assert torch.equal(plain.get_submodule(name).bias, module.bias), name
+    x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+    export_qcdq(model, tmp_path / "from-model.onnx")
+    export_qcdq(plain, tmp_path / "from-saved.onnx", weights=weights)
+    assert (tmp_path / "from-model.onnx").read_bytes() == (tmp_path / "from-saved.onnx").read_bytes()
+
+
+def test_an_artifact_of_another_format_version_is_refused(tmp_path):
+    from yolo_w4.errors import UserError
+    from yolo_w4.quantized_checkpoint import load_dequantized
+
+    torch.save({"format": "yolo_w4.quantized_state_dict/1", "state_dict": {}}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match=r"another yolo-w4 version .*re-run the quantize rule"):
+        load_dequantized(tmp_path / "old.pt")

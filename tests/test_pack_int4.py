@@ -74,6 +74,15 @@ def test_packed_model_keeps_every_integer_and_gives_identical_outputs(exported, 
     reference, test = ort_output(qcdq, coco_photo[0]), ort_output(packed, coco_photo[0])
     assert reference.dtype == test.dtype and np.array_equal(reference, test)
     assert packed.stat().st_size < 0.6 * qcdq.stat().st_size
+    # scales and biases are FP16 values: stored as FP16 (a Cast gives the graph its FP32 back)
+    floats = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+    wide = [i.name for i in floats if numpy_helper.to_array(i).size >= 64]
+    assert not wide, f"FP32 initializers of 64 values or more left: {wide[:3]}"
+    narrow = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+    assert sum(casts.get(name) in narrow for name in scales) > 30
+    assert record["fp16_exact_bytes_saved"] > 0 and not model.graph.value_info
 
 
 def test_8bit_layers_stay_int8(exported, tmp_path, coco_photo):

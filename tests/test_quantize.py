@@ -74,6 +74,33 @@ def test_mse_scale_clips_tighter_than_minmax(detector):
     assert (mse.quant_weight().scale < minmax.quant_weight().scale).any()
 
 
+def fp16_values(tensor: torch.Tensor) -> bool:
+    return torch.equal(tensor.half().float(), tensor)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"scale": "mse"}, {"symmetric": False}, {"weight_bits": 8}, {"group_size": 32}],
+    ids=["minmax", "mse", "asymmetric", "8-bit", "groups"],
+)
+def test_scales_and_biases_are_fp16_values(detector, settings):
+    """So the INT4 file stores them in 16 bits with the same outputs; min-max scales move by at most half an FP16 step."""
+    model = quantize_weights(detector.model, default_recipe(**settings))
+    quantized = {n: m for n, m in conv_layers(model).items() if hasattr(m, "weight_quant")}
+    assert len(quantized) > 50
+    for name, module in quantized.items():
+        scale = module.quant_weight().scale.detach()
+        assert fp16_values(scale) and fp16_values(module.bias.detach()), name
+    fp = conv_layers(detector.model)["model.2.cv1.conv"]
+    if not settings:  # min-max: max |w| / 7 per channel, rounded to the nearest FP16 value
+        scale = quantized["model.2.cv1.conv"].quant_weight().scale.detach().flatten()
+        exact = fp.weight.detach().abs().amax((1, 2, 3)) / 7
+        assert torch.allclose(scale, exact, rtol=2.0**-11, atol=0)
+        assert not torch.equal(scale, exact), "Brevitas' own scales are not all FP16 values"
+    bias = quantized["model.2.cv1.conv"].bias.detach()
+    assert torch.allclose(bias, fp.bias.detach(), rtol=2.0**-11, atol=2.0**-24)
+
+
 def test_quantize_refuses_a_half_precision_model(detector):
     import copy
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(synthesize)
     synthesize.add_argument("--images", type=int, help="default: the config's calibration.synthetic.images")
-    synthesize.add_argument("--steps", type=int, help="optimiser steps per batch of 8 images (default: the config's)")
+    synthesize.add_argument("--steps", type=int, help="optimiser steps per batch of images (default: the config's)")
     synthesize.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's device")
     synthesize.add_argument("--seed", type=int, help="default: the config's calibration.synthetic.seed")
     synthesize.add_argument("--out", required=True)
@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> None:
             steps=_given(args.steps, synthetic["steps"]),
             lr=synthetic["lr"],
             seed=_given(args.seed, synthetic["seed"]),
+            batch=synthetic["batch"],
+            coarse=synthetic["coarse"],
             device=args.device or config["device"],
             trust=trust,
         )
@@ -255,6 +257,8 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
                 steps=options["steps"],
                 lr=options["lr"],
                 seed=options["seed"],
+                batch=options["batch"],
+                coarse=options["coarse"],
                 device=device,
                 trust=trust,
             )

@@ -163,27 +163,51 @@ def _weight_integers(module, quant) -> dict:
     }
 
 
+def quantized_weights(model: torch.nn.Module) -> dict:
+    """{layer: how its weight is stored (`_weight_integers`)} for every quantized conv of a PTQ model.
+
+    The quantize step saves this beside the state dict, so the export needs neither Brevitas nor a rebuild.
+    """
+    with torch.no_grad():
+        return {
+            name: _weight_integers(module, module.quant_weight())
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and weight_bits(module) is not None
+        }
+
+
+def dequantize(weight: dict) -> torch.Tensor:
+    """The FP32 weight a stored layer stands for: (integers - zero point) x scale, the product Brevitas
+    (and groupwise.py) computes, so it is bit for bit the weight the quantized model runs with."""
+    integers = torch.from_numpy(weight["integers"]).float()
+    scale = torch.from_numpy(weight["scale"]).float()
+    if weight["block_size"]:
+        element = scale.repeat_interleave(weight["block_size"], dim=1)[:, : integers.shape[1]]
+        return (integers * element).reshape(weight["shape"])
+    if weight["zero_point"] is not None:
+        integers = integers - torch.from_numpy(weight["zero_point"]).float().view(-1, 1, 1, 1)
+    return integers * scale.view(-1, 1, 1, 1)
+
+
 @contextlib.contextmanager
-def _dequantized(model: torch.nn.Module):
-    """`model` with every quantized conv swapped for a Conv2d holding its dequantized FP32 weight, and
-    {layer: `_weight_integers` of it}; the quantized convs are put back on exit. In place: a deep copy
-    of a Brevitas model costs more than the swap."""
-    swapped, stored = {}, {}
+def _dequantized(model: torch.nn.Module, weights: dict):
+    """`model` with each conv named in `weights` swapped for a Conv2d holding its dequantized FP32
+    weight; the original convs are put back on exit. In place: a deep copy of a Brevitas model
+    costs more than the swap."""
+    swapped = {}
     try:
         with torch.no_grad():
-            quantized = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-            for name, module in [(n, m) for n, m in quantized if weight_bits(m) is not None]:
+            for name, weight in weights.items():
+                module = model.get_submodule(name)
                 conv = torch.nn.Conv2d(
                     module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, module.groups, bias=True, padding_mode=module.padding_mode,
                 )  # fmt: skip
-                quant = module.quant_weight()
-                conv.weight.copy_(quant.value)
+                conv.weight.copy_(dequantize(weight))
                 conv.bias.copy_(module.bias if module.bias is not None else torch.zeros_like(conv.bias))
-                stored[name] = _weight_integers(module, quant)
                 swapped[name] = module
                 model.set_submodule(name, conv.eval())
-        yield model, stored
+        yield model
     finally:
         for name, module in swapped.items():
             model.set_submodule(name, module)
@@ -196,8 +220,12 @@ def export_qcdq(
     precision: str = "fp32",
     batch: int = 1,
     metadata: dict | None = None,
+    weights: dict | None = None,
 ) -> None:
     """Weight-quantized model as QCDQ ONNX, written from its integers.
+
+    weights: `quantized_weights` of the model, as the quantize step saved them; with them `model`
+    may be the plain FP model carrying the quantized model's other parameters (`load_for_export`).
 
     The model is exported with its dequantized weights (torch.onnx, as the FP baseline), then each
     quantized conv's weight initializer is replaced by: integers -> Clip [qmin, qmax] ->
@@ -212,8 +240,9 @@ def export_qcdq(
 
     from yolo_w4.onnx_graph import set_metadata
 
+    stored = quantized_weights(model) if weights is None else weights
     with atomic_path(path) as tmp:
-        with _dequantized(model) as (plain, stored):
+        with _dequantized(model, stored) as plain:
             _torch_export(plain, tmp, imgsz, precision, batch)
         grouped = any(layer["block_size"] for layer in stored.values())
         proto = onnx.load(str(tmp))

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from yolo_w4.ptq import integer_range, round_to_grid
+from yolo_w4.quantize import fp16_exact
 
 QuantWeight = namedtuple("QuantWeight", "value scale")
 MSE_RATIOS = torch.linspace(0.3, 1.0, 71)  # clipping ratios of the max searched by `scale: mse`
-FP16_TINY, FP16_MAX = 2.0**-14, 65504.0
 
 
 class GroupQuantProxy:
@@ -36,11 +36,6 @@ class GroupQuantProxy:
 
     def bit_width(self) -> torch.Tensor:
         return torch.tensor(float(self.bits))
-
-
-def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
-    """Scales rounded to FP16 values (at least FP16's smallest normal): the file stores them as FP16, losing nothing."""
-    return scale.clamp(FP16_TINY, FP16_MAX).half().float()
 
 
 def group_scales(weight: torch.Tensor, group_size: int, bits: int, narrow_range: bool, method: str) -> torch.Tensor:

@@ -6,8 +6,11 @@ a W8 one. ONNX opset 21 has 4-bit tensor types (INT4, UINT4: two values per byte
 DequantizeLinear reads directly. Here each weight whose Clip range fits in 4 bits becomes an
 INT4 (or UINT4, asymmetric grids) initializer feeding its DequantizeLinear, the Clip goes,
 and the model moves to opset 21. Weights outside 4 bits (8-bit layers of mixed variants)
-keep their int8 QCDQ form. The integers, scales and graph are otherwise unchanged, so ONNX
-Runtime computes exactly the same outputs (checked by `pack_step`).
+keep their int8 QCDQ form. Nothing else is stored wider than it needs: FP32 constants whose
+values are all exact in FP16 (the head's anchor strides) are stored as FP16 with a Cast back,
+and the shapes the version converter infers are not kept (ONNX Runtime infers them again).
+The integers, scales and graph are otherwise unchanged, so ONNX Runtime computes exactly the
+same outputs (checked by `pack_step`).
 """
 
 import collections
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, version_converter
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from yolo_w4.errors import UserError
 from yolo_w4.files import atomic_path
@@ -23,6 +26,7 @@ from yolo_w4.onnx_graph import graph_constants, read_metadata, set_metadata
 
 INT4_OPSET = 21  # first opset whose DequantizeLinear takes INT4 / UINT4
 INT4_IR_VERSION = 10  # first IR version with the 4-bit element types
+NARROW_MIN_VALUES = 64  # smaller FP32 constants stay: a Cast node costs more than it saves
 
 
 def pack_nibbles(values: np.ndarray) -> bytes:
@@ -48,6 +52,46 @@ def _drop_unused(graph) -> None:
         graph.node.remove(node)
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
+
+
+def _fp16_exact(values: np.ndarray) -> bool:
+    return (
+        values.dtype == np.float32
+        and values.size >= NARROW_MIN_VALUES
+        and np.array_equal(values.astype(np.float16).astype(np.float32), values)
+    )
+
+
+def narrow_exact_constants(graph) -> int:
+    """Store FP32 constants that FP16 holds exactly as FP16 + Cast to FP32; returns how many bytes that saved.
+
+    Lossless by construction (every value round-trips), so the graph computes the same.
+    """
+    saved, first = 0, 0
+    for node in list(graph.node):
+        if node.op_type != "Constant" or not node.attribute or node.attribute[0].name != "value":
+            continue
+        values = numpy_helper.to_array(node.attribute[0].t)
+        if not _fp16_exact(values):
+            continue
+        name = node.output[0]
+        narrow = numpy_helper.from_array(values.astype(np.float16), f"{name}_fp16")
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(index, helper.make_node("Constant", [], [narrow.name], value=narrow))
+        graph.node.insert(index + 1, helper.make_node("Cast", [narrow.name], [name], to=TensorProto.FLOAT))
+        saved += values.nbytes // 2
+    for init in [i for i in graph.initializer if i.data_type == TensorProto.FLOAT]:
+        values = numpy_helper.to_array(init)
+        if not _fp16_exact(values):
+            continue
+        name = init.name
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float16), f"{name}_fp16"))
+        graph.node.insert(first, helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT))
+        first += 1
+        saved += values.nbytes // 2
+    return saved
 
 
 def pack_int4(qcdq_path, output) -> dict:
@@ -111,6 +155,8 @@ def pack_int4(qcdq_path, output) -> dict:
 
     graph.initializer.extend(new)
     _drop_unused(graph)
+    narrowed = narrow_exact_constants(graph)
+    del graph.value_info[:]  # inferred by the version converter; ONNX Runtime infers them itself
     with atomic_path(output) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -119,4 +165,5 @@ def pack_int4(qcdq_path, output) -> dict:
         "layers_packed": len(packed),
         "layers_kept_int8": len(kept),
         "weights_packed": packed_weights,
+        "fp16_exact_bytes_saved": narrowed,
     }

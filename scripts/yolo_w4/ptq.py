@@ -20,7 +20,7 @@ already made upstream is compensated instead of carried on.
 import torch
 import torch.nn.functional as F
 
-from yolo_w4.quantize import conv_layers
+from yolo_w4.quantize import conv_layers, round_scales_to_fp16
 
 
 class InputStats:
@@ -305,6 +305,7 @@ def apply_output_scale(fit: ConvFit) -> None:
     ratio = output_aware_scale(fit.weight_fp, fit.stats.hessian, fit.scale()[..., 0], fit.qmin, fit.qmax)
     threshold = fit.module.weight_quant.tensor_quant.scaling_impl.value  # scale = threshold / qmax
     threshold.mul_(ratio.reshape(threshold.shape))
+    round_scales_to_fp16(fit.module)
     fit.record["clip_ratio_mean"] = float(ratio.mean())
 
 

@@ -33,7 +33,8 @@ METHODS = {  # each laid over config.yaml's variant_defaults
     "adaround": {"method": "adaround"},
     "synthesis": None,  # not a PTQ method: the data-free images GPTQ then calibrates on
 }
-SYNTHESIS_STEPS = load_config()["calibration"]["synthetic"]["steps"]  # the default the timing extrapolates to
+SYNTHETIC = load_config()["calibration"]["synthetic"]
+SYNTHESIS_STEPS = SYNTHETIC["steps"]  # the default the timing extrapolates to (with the default batch)
 
 
 def stand_in_images(count: int, imgsz: int) -> list[torch.Tensor]:
@@ -51,7 +52,7 @@ def measure_synthesis(unfused, count: int, imgsz: int, steps: int, device: str =
 
     synchronize(device)
     started = time.perf_counter()
-    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps, device=device)
+    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps, batch=SYNTHETIC["batch"], device=device)
     synchronize(device)
     seconds = time.perf_counter() - started
     return seconds, seconds * SYNTHESIS_STEPS / steps

@@ -13,6 +13,10 @@ import torch
 
 from yolo_w4.errors import UserError
 
+# Scales and the biases of quantized convs are FP16 values (held in FP32 tensors): the files store
+# them in 16 bits without changing an output, and an FP16 runtime uses exactly the calibrated ones.
+FP16_TINY, FP16_MAX = 2.0**-14, 65504.0  # smallest normal, largest finite FP16 value
+
 # The DFL conv is a fixed arange(16) projection that decodes box distributions; quantizing it
 # shifts every box, and it is not a learned weight.
 ALWAYS_FLOAT = ("*.dfl.conv",)
@@ -46,6 +50,33 @@ def weight_quantizer(bits: int, scale: str, symmetric: bool, narrow_range: bool)
     return base.let(
         bit_width=int(bits), narrow_range=bool(narrow_range), scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS
     )
+
+
+def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
+    """Scales rounded to FP16 values, at least FP16's smallest normal (FP32 tensor)."""
+    return scale.clamp(FP16_TINY, FP16_MAX).half().float()
+
+
+def round_scales_to_fp16(module) -> None:
+    """Make a Brevitas layer's per-channel scales FP16 values, in place (fixing them from the weights first).
+
+    Brevitas keeps the threshold (scale x the largest integer) as the parameter and divides it
+    by that integer; an FP16 value times a small integer is exact in FP32, so the division
+    gives the FP16 value back exactly.
+    """
+    with torch.no_grad():
+        scale = module.quant_weight().scale.detach()
+        threshold = module.weight_quant.tensor_quant.scaling_impl.value
+        largest = torch.round(threshold / scale.view_as(threshold))
+        threshold.copy_(fp16_exact(scale).view_as(threshold) * largest)
+
+
+def round_biases_to_fp16(model: torch.nn.Module) -> None:
+    """Round the biases of the quantized convs to FP16 values, in place (after any technique that moves them)."""
+    with torch.no_grad():
+        for module in conv_layers(model).values():
+            if module.bias is not None and weight_bits(module) is not None:
+                module.bias.copy_(module.bias.clamp(-FP16_MAX, FP16_MAX).half().float())
 
 
 def weight_only_layer_map(quantizer) -> dict:
@@ -108,6 +139,7 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
         swap_in_groupwise(
             quantized, selected, bits_of, settings["group_size"], settings["narrow_range"], settings["scale"]
         )
+        round_biases_to_fp16(quantized)
         return quantized.eval()
     by_bits = {}
     for name, bits in bits_of.items():
@@ -124,7 +156,9 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
         if module.bias is None:  # bias correction needs one; zeros keep the output unchanged
             module.bias = torch.nn.Parameter(torch.zeros(module.out_channels))
         if initialise:
-            module.quant_weight()  # fix the scale parameter from the FP weights now
+            round_scales_to_fp16(module)  # fix the scale parameter from the FP weights now
+    if initialise:
+        round_biases_to_fp16(quantized)
     return quantized.eval()
 
 

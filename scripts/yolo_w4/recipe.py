@@ -7,12 +7,13 @@ the GPU check all call `run_recipe`, so a recipe name means one thing everywhere
 
 Order: mixed precision picks bit widths -> the grid (round to nearest, Brevitas) -> with
 calibration images either AdaRound, or per conv: output-aware scale, upstream compensation,
-GPTQ, empirical bias correction -> data-free BatchNorm bias correction.
+GPTQ, empirical bias correction -> data-free BatchNorm bias correction -> biases back on FP16
+values (scales are FP16 values from the grid on: quantize.py says why).
 """
 
 from functools import partial
 
-from yolo_w4.quantize import layer_bit_widths, quantizable_layers, quantize_weights
+from yolo_w4.quantize import layer_bit_widths, quantizable_layers, quantize_weights, round_biases_to_fp16
 
 
 def calibration_techniques(settings: dict) -> list:
@@ -95,4 +96,5 @@ def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=N
         for name, shift in shifts.items():
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
         print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
+    round_biases_to_fp16(model)  # the corrections above move biases off FP16 values
     return model, settings, records

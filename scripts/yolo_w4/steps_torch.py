@@ -12,7 +12,7 @@ from yolo_w4.export import export_fp, export_qcdq, onnx_summary
 from yolo_w4.files import write_json
 from yolo_w4.names import FP
 from yolo_w4.provenance import input_record, utc_now, versions
-from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
+from yolo_w4.quantized_checkpoint import load_dequantized, save_quantized
 from yolo_w4.seeded import build_seeded_checkpoint
 from yolo_w4.smoke import smoke_test
 
@@ -50,6 +50,8 @@ def synthesize_step(
     lr: float,
     seed: int,
     device: str,
+    batch: int,
+    coarse: dict | None = None,
     trust=False,
 ) -> dict:
     """checkpoint -> data-free calibration images distilled from its BatchNorm statistics (+ record, picture).
@@ -63,9 +65,26 @@ def synthesize_step(
 
     started = time.perf_counter()
     device = resolve_torch_device(device)
-    settings = {"images": images, "imgsz": imgsz, "steps": steps, "lr": lr, "seed": seed}
+    settings = {
+        "images": images,
+        "imgsz": imgsz,
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "batch": batch,
+        "coarse": coarse,
+    }
     tensors = synthesize_images(
-        unfused_model(checkpoint, trust=trust), count=images, imgsz=imgsz, steps=steps, lr=lr, seed=seed, device=device
+        unfused_model(checkpoint, trust=trust),
+        count=images,
+        imgsz=imgsz,
+        steps=steps,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+        device=device,
+        coarse_imgsz=(coarse or {}).get("imgsz"),
+        coarse_steps=(coarse or {}).get("steps", 0),
     )
     settings["device"] = device
     settings["threads"] = _torch_threads()
@@ -164,18 +183,23 @@ def sensitivity_step(
     return rows
 
 
+def _check_head(quantized, detector, head) -> None:
+    if head is not None and head != detector.head:
+        raise UserError(
+            f"{quantized} was quantized with head {detector.head}, so head {head} cannot be exported from it; "
+            f"re-quantize with head {head}, or leave the head to the quantized file"
+        )
+
+
 def _load_model(checkpoint, quantized, head, imgsz, trust=False):
-    """(PyTorch model, detector, quantized record or None): the FP model, or the rebuilt quantized one."""
+    """(PyTorch model, detector, quantized record or None, integers or None): the FP model, or the
+    quantized one as plain convs with its dequantized weights and its integers (`load_dequantized`)."""
     if quantized:
-        model, detector, record = load_quantized(quantized, checkpoint, trust)
-        if head is not None and head != detector.head:
-            raise UserError(
-                f"{quantized} was quantized with head {detector.head}, so head {head} cannot be exported from it; "
-                f"re-quantize with head {head}, or leave the head to the quantized file"
-            )
-        return model, detector, record
+        model, detector, record, weights = load_dequantized(quantized, checkpoint, trust)
+        _check_head(quantized, detector, head)
+        return model, detector, record, weights
     detector = load_detector(checkpoint, head, imgsz, trust=trust)
-    return detector.model, detector, None
+    return detector.model, detector, None, None
 
 
 def export_step(
@@ -193,13 +217,13 @@ def export_step(
     """FP (quantized=None) or quantized model -> ONNX, plus a JSON describing the graph."""
     from yolo_w4.export import conv_bits_per_weight, model_metadata
 
-    model, detector, quantized_record = _load_model(checkpoint, quantized, head, imgsz, trust)
+    model, detector, quantized_record, weights = _load_model(checkpoint, quantized, head, imgsz, trust)
     settings = quantized_record["settings"] if quantized_record else None
     variant = quantized_record["variant"] if quantized_record else FP
     bits_per_weight = conv_bits_per_weight(quantized_record, precision)
     metadata = model_metadata(detector, precision, variant, settings, bits_per_weight=bits_per_weight)
     if quantized:
-        export_qcdq(model, output, detector.imgsz, precision, metadata=metadata)
+        export_qcdq(model, output, detector.imgsz, precision, metadata=metadata, weights=weights)
     else:
         export_fp(model, output, detector.imgsz, precision, metadata=metadata)
     inputs = {"checkpoint": checkpoint, **({"quantized": quantized} if quantized else {})}
@@ -243,7 +267,7 @@ def smoke_step(
     trust=False,
 ) -> dict:
     """ONNX -> smoke JSON: providers, I/O, latency, detections on a photo, parity with PyTorch."""
-    model, detector, _ = _load_model(checkpoint, quantized, head, imgsz, trust)
+    model, detector, _, _ = _load_model(checkpoint, quantized, head, imgsz, trust)
     result = smoke_test(onnx_path, model, detector, variant, image, device, precision, runs, warmup, conf)
     result["config"] = config
     write_json(output, result)
