@@ -225,7 +225,7 @@ def export_qcdq(
     """Weight-quantized model as QCDQ ONNX, written from its integers.
 
     weights: `quantized_weights` of the model, as the quantize step saved them; with them `model`
-    may be the plain FP model carrying the quantized model's other parameters (`load_for_export`).
+    may be the plain model `quantized_checkpoint.load_dequantized` returns (no Brevitas).
 
     The model is exported with its dequantized weights (torch.onnx, as the FP baseline), then each
     quantized conv's weight initializer is replaced by: integers -> Clip [qmin, qmax] ->
