@@ -113,11 +113,11 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
             "image_ids_list": None,
         },
     }
+    shutil.rmtree(workdir / "results" / run_id, ignore_errors=True)  # first: --out may lie inside it
     out.mkdir(parents=True, exist_ok=True)
     configfile = out / "bench-config.yaml"
     configfile.write_text(yaml.safe_dump(config))
     snakemake(workdir, cores, configfile, CHECKPOINT)  # the seeded checkpoint: not part of the bench
-    shutil.rmtree(workdir / "results" / run_id, ignore_errors=True)
     total = snakemake(workdir, cores, configfile)
     dry = snakemake(workdir, cores, configfile, dry=True)
     results = workdir / "results" / run_id

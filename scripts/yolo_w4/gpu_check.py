@@ -272,8 +272,8 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
     return rows
 
 
-def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 200) -> dict:
-    """The default w4a16 recipe on CUDA: distil `images` synthetic images, then GPTQ on them."""
+def ptq_on_cuda(arch: str, device: str = "cuda", steps: int | None = None) -> dict:
+    """The default w4a16 recipe on CUDA: distil the config's synthetic images (`steps` overrides), then GPTQ on them."""
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.config import load_config, recipe_settings
     from yolo_w4.quantize import quantizable_layers, quantize_weights
@@ -287,9 +287,13 @@ def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 2
         ckpt = unpickle_checkpoint(checkpoint)  # one load: the unfused copy is taken before fusing
         unfused = unfused_model(checkpoint, ckpt=ckpt)
         detector = load_detector(checkpoint, "one2one", 640, ckpt=ckpt)
+    synthetic = load_config()["calibration"]["synthetic"]
+    images, steps = synthetic["images"], steps or synthetic["steps"]
     synchronize(device)
     started = time.perf_counter()
-    tensors = synthesize_images(unfused, count=images, imgsz=640, steps=steps, device=device)
+    tensors = synthesize_images(
+        unfused, count=images, imgsz=640, steps=steps, lr=synthetic["lr"], batch=synthetic["batch"], device=device
+    )
     synchronize(device)
     synthesis = time.perf_counter() - started
     settings = recipe_settings(load_config(), "w4a16")  # the default recipe, as the workflow runs it
@@ -304,6 +308,7 @@ def ptq_on_cuda(arch: str, device: str = "cuda", images: int = 8, steps: int = 2
         "device": device,
         "images": images,
         "steps": steps,
+        "batch": synthetic["batch"],
         "synthesis_seconds": round(synthesis, 1),
         "gptq_seconds": round(gptq, 1),
         "total_seconds": round(synthesis + gptq, 1),
@@ -419,7 +424,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: rehearse every section without a GPU"
     )
-    parser.add_argument("--steps", type=int, default=200, help="distillation steps timed (the default recipe: 200)")
+    parser.add_argument(
+        "--steps", type=int, help="distillation steps timed (default: config calibration.synthetic.steps)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -455,7 +462,7 @@ def main(argv=None) -> int:
                     _section(result, name, function, out, model, args.device)
             result["export_seconds"] = model.export_seconds
     if "ptq_on_cuda" not in args.skip:
-        _section(result, "ptq_on_cuda", ptq_on_cuda, out, args.arch, args.device, 8, args.steps)
+        _section(result, "ptq_on_cuda", ptq_on_cuda, out, args.arch, args.device, args.steps)
     if "demo_workflow" not in args.skip:  # last: the slowest, and it needs nothing above
         _section(result, "demo_workflow", demo_workflow, out, args.device)
     markdown = table(result)

@@ -9,7 +9,7 @@ images, plus solves, which do not: its time is also extrapolated linearly to 128
 so it is not extrapolated. `synthesis` times the distillation of data-free calibration
 images (`calibration_source: synthetic`) for `--synthesis-steps` optimiser steps and
 extrapolates exactly (each step is one forward and backward pass of the same batch) to the
-default 200 steps. `--device` (auto | cpu | cuda) says where the PTQ methods and the
+config's default steps, with its default batch. `--device` (auto | cpu | cuda) says where the PTQ methods and the
 synthesis run (auto: CUDA where PyTorch sees it); each row and the JSON record it. On CUDA
 the timers are read after torch.cuda.synchronize(), and a PTQ method's time includes moving
 the models and images to the GPU and the models back. Prints a table, writes JSON.
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument(
-        "--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to 200)"
+        "--synthesis-steps", type=int, default=10, help="distillation steps timed (extrapolated to the config's steps)"
     )
     parser.add_argument(
         "--device",
