@@ -52,7 +52,9 @@ def measure_synthesis(unfused, count: int, imgsz: int, steps: int, device: str =
 
     synchronize(device)
     started = time.perf_counter()
-    synthesize_images(unfused, count=count, imgsz=imgsz, steps=steps, batch=SYNTHETIC["batch"], device=device)
+    synthesize_images(
+        unfused, count=count, imgsz=imgsz, steps=steps, lr=SYNTHETIC["lr"], batch=SYNTHETIC["batch"], device=device
+    )
     synchronize(device)
     seconds = time.perf_counter() - started
     return seconds, seconds * SYNTHESIS_STEPS / steps
