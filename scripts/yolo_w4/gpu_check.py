@@ -287,7 +287,8 @@ def ptq_on_cuda(arch: str, device: str = "cuda", steps: int | None = None) -> di
         ckpt = unpickle_checkpoint(checkpoint)  # one load: the unfused copy is taken before fusing
         unfused = unfused_model(checkpoint, ckpt=ckpt)
         detector = load_detector(checkpoint, "one2one", 640, ckpt=ckpt)
-    synthetic = load_config()["calibration"]["synthetic"]
+    config = load_config()
+    synthetic = config["calibration"]["synthetic"]
     images, steps = synthetic["images"], steps or synthetic["steps"]
     synchronize(device)
     started = time.perf_counter()
@@ -296,7 +297,7 @@ def ptq_on_cuda(arch: str, device: str = "cuda", steps: int | None = None) -> di
     )
     synchronize(device)
     synthesis = time.perf_counter() - started
-    settings = recipe_settings(load_config(), "w4a16")  # the default recipe, as the workflow runs it
+    settings = recipe_settings(config, "w4a16")  # the default recipe, as the workflow runs it
     model = quantize_weights(detector.model, settings)
     bits = {name: 4 for name in quantizable_layers(detector.model)}
     started = time.perf_counter()

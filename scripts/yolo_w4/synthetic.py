@@ -7,6 +7,7 @@ fit 4-bit weights to them without a single real image. They are stored as 8-bit 
 same letterboxed [0, 1] input the evaluation images are.
 """
 
+import math
 import time
 
 import torch
@@ -32,20 +33,19 @@ class ChannelStatistics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        count = x.numel() // x.shape[1]
+        ctx.count = x.numel() // x.shape[1]
         mean = x.mean((0, 2, 3))
-        var = (torch.linalg.vector_norm(x, dim=(0, 2, 3)).square() / count - mean.square()).clamp_min(0)
+        var = (torch.linalg.vector_norm(x, dim=(0, 2, 3)).square() / ctx.count - mean.square()).clamp_min(0)
         ctx.save_for_backward(x, mean)
         return var, mean
 
     @staticmethod
     def backward(ctx, grad_var, grad_mean):
         x, mean = ctx.saved_tensors
-        count = x.numel() // x.shape[1]
         grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
         grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-        slope = 2 * grad_var / count
-        offset = grad_mean / count - slope * mean
+        slope = 2 * grad_var / ctx.count
+        offset = grad_mean / ctx.count - slope * mean
         return torch.addcmul(offset.view(1, -1, 1, 1), x, slope.view(1, -1, 1, 1))
 
 
@@ -71,18 +71,19 @@ def _optimise(model, layers: list, seen: dict, x: torch.nn.Parameter, steps: int
     for _ in range(steps):
         model(x)
         loss = statistics_loss([seen[bn] for bn in layers], layers)
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"the distillation of synthetic images diverged (BatchNorm statistics loss {float(loss)}); "
-                "lower calibration.synthetic.lr or set the variant's calibration_source: images"
-            )
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
         with torch.no_grad():
             x.clamp_(0, 1)
-    return float(loss.detach())
+    last = float(loss.detach())  # checked once, not per step (a GPU sync): a NaN in x stays there to the end
+    if not math.isfinite(last):
+        raise UserError(
+            f"the distillation of synthetic images diverged (BatchNorm statistics loss {last}); "
+            "lower calibration.synthetic.lr or set the variant's calibration_source: images"
+        )
+    return last
 
 
 def synthesize_images(
