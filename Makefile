@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test test-slurm lint accuracy bench gpu-check clean-demo
+.PHONY: setup demo test test-slurm lint accuracy calibration-curve bench gpu-check clean-demo
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,15 @@ accuracy: setup
 	cp results/accuracy-fall-yolov8s/report/deltas.csv docs/results/accuracy-fall-yolov8s.csv
 	@echo "copied to docs/results/accuracy-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md); commit them with the numbers they change there"
 
+# Accuracy against the number of calibration photos, the default build (w4a16, w4a16_g32), one workflow run
+# per count: YOLOv5n at 16/32/64/128 photos, the fall YOLOv8s at 16/32 (~1 hour on 2 CPU cores); prints
+# each table and writes docs/results/calibration-curve-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md).
+calibration-curve: setup
+	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
+		--counts 16 32 64 128 --out docs/results/calibration-curve-yolov5n.csv
+	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
+		config/accuracy-fall-yolov8s.yaml --counts 16 32 --out docs/results/calibration-curve-fall-yolov8s.csv
+
 # What the CUDA path really does on an NVIDIA GPU machine (a few minutes): one table, printed
 # and written to results/gpu-check/gpu_check.{md,json}. Without a GPU: one line, exit 0.
 # GPU_PYTHON=python3 runs it with an existing Python that has the packages (no venv made).
@@ -59,7 +68,7 @@ clean-demo:
 	rm -rf results/demo results/seeded results/ultralytics-assets
 
 # Where time and bytes go (issue #14): a seeded YOLOv10m through the whole workflow from scratch, 20 val2017
-# images, w4a16_rtn beside FP; prints the table, writes results/bench/bench.{json,md} with the machine's facts.
+# images, w4a16_rtn beside FP (BENCH_ARGS="--variant w4a16 w4a16_g32": the default build); prints the table, writes results/bench/bench.{json,md} with the machine's facts.
 # BENCH_ARGS="--before results/bench-before/bench.json" adds a before/after table (--workdir: another checkout).
 BENCH_ARGS ?=
 bench: setup

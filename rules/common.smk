@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from yolo_w4.calibration import calibration_folder, resolve_calibration_source, spare_photos  # noqa: E402
 from yolo_w4.config import (  # noqa: E402
     needs_calibration,
     needs_synthetic,
@@ -34,7 +35,6 @@ RUN = f"results/{config['run_id']}"
 CHECKPOINT = config["checkpoint"]
 MODEL = Path(CHECKPOINT).stem
 VARIANTS = config["build"]  # the recipes this run builds
-RECIPES = {name: recipe_settings(config, name) for name in VARIANTS}  # variant_defaults + catalog entry
 SEEDED = re.compile(r"results/seeded/(?P<arch>yolo[a-z0-9]+)-seed(?P<seed>\d+)\.pt")
 
 ASSETS = "results/ultralytics-assets"  # the photos shipped with Ultralytics (offline demo)
@@ -84,19 +84,30 @@ def download_source(key):
 
 
 CALIBRATION = config["calibration"]
-
-
+# Where calibration photos come from: `calibration.images`, or (null) the evaluation folder's photos
+# outside the evaluation subset. A recipe's `calibration_source: auto` becomes images where there are
+# such photos and synthetic (distilled) where there are none, decided here, before any job runs.
+CALIBRATION_IMAGES, CALIBRATION_ANNOTATIONS = calibration_folder(config)
+try:  # a val2017 still to be downloaded has 4,900 photos beside any subset
+    SPARE_PHOTOS = ("images" in DOWNLOADS and CALIBRATION["images"] is None) or spare_photos(config)
+except UserError as error:
+    fail(error)
+RECIPES = {  # variant_defaults + catalog entry, `auto` resolved
+    name: resolve_calibration_source(recipe_settings(config, name), SPARE_PHOTOS, CALIBRATION_IMAGES)
+    for name in VARIANTS
+}
 CALIBRATED = [v for v in VARIANTS if needs_calibration(RECIPES[v])]
 MIXED = [v for v in VARIANTS if RECIPES[v]["mixed"]]
 SYNTHETIC = [v for v in VARIANTS if needs_synthetic(RECIPES[v])]
 PACKED = [v for v in VARIANTS if RECIPES[v]["weight_bits"] <= 4]  # variants with 4-bit weights to pack
-if CALIBRATED and not Path(CALIBRATION["annotations"]).is_file():
+FETCHED = {target for target, _ in DOWNLOADS.values()}  # inputs a download rule makes
+if CALIBRATED and CALIBRATION_ANNOTATIONS not in FETCHED | {None} and not Path(CALIBRATION_ANNOTATIONS).is_file():
     fail(
-        f"calibration annotations not found: {CALIBRATION['annotations']} (needed by {', '.join(CALIBRATED)}; "
-        "set `calibration.annotations`)"
+        f"calibration annotations not found: {CALIBRATION_ANNOTATIONS} (needed by {', '.join(CALIBRATED)}; "
+        "set `calibration.annotations`, or null to take the folder's photos by file name)"
     )
-if CALIBRATED and not Path(CALIBRATION["images"]).is_dir():
-    fail(f"calibration images folder not found: {CALIBRATION['images']} (set `calibration.images`)")
+if CALIBRATED and CALIBRATION_IMAGES not in FETCHED and not Path(CALIBRATION_IMAGES).is_dir():
+    fail(f"calibration images folder not found: {CALIBRATION_IMAGES} (set `calibration.images`)")
 
 
 wildcard_constraints:
@@ -133,8 +144,9 @@ def smoke_path(variant):
     return f"{RUN}/smoke/{MODEL}-{variant}.json"
 
 
-def calibration_ids():
-    return f"{RUN}/calibration/image_ids.txt"
+def calibration_record():
+    """The calibration photos, written by calibration_subset: folder, ids or file names, the disjointness rule."""
+    return f"{RUN}/calibration/images.json"
 
 
 def synthetic_path():
@@ -149,11 +161,7 @@ def quantize_inputs(wildcards):
     """The checkpoint; real or synthetic calibration images for calibrated variants; the ranking for mixed ones."""
     inputs = {"checkpoint": CHECKPOINT}
     if wildcards.variant in CALIBRATED:
-        inputs.update(
-            calibration_ids=calibration_ids(),
-            calibration_annotations=CALIBRATION["annotations"],
-            calibration_images=CALIBRATION["images"],
-        )
+        inputs["calibration"] = calibration_record()
     if wildcards.variant in SYNTHETIC:
         inputs["synthetic"] = synthetic_path()
     if wildcards.variant in MIXED:
@@ -214,7 +222,7 @@ REPORT_CATEGORIES = {
     "Deltas vs FP": True,
     "Plots": True,
     "Detections": True,  # one picture per variant; `build` names at least one
-    "Sensitivity": bool(CALIBRATED),  # layer_sensitivity: recipes on real calibration images
+    "Sensitivity": bool(MIXED),  # layer_sensitivity: the ranking mixed precision reads
     "Calibration": bool(SYNTHETIC),  # synthesize_calibration: data-free recipes
 }
 
@@ -234,5 +242,5 @@ def all_outputs():
         *(metrics_path(v) for v in [FP, *VARIANTS]),
         *(report_path(key) for key in REPORT_FILES),
         *(picture_path(v) for v in VARIANTS),
-        *([sensitivity_path()] if CALIBRATED else []),
+        *([sensitivity_path()] if MIXED else []),
     ]

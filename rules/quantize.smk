@@ -20,15 +20,15 @@ rule seeded_checkpoint:
 
 
 rule calibration_subset:
-    # Calibration image ids; refused if any is also an evaluation image.
+    # The calibration photos: the folder's first ones outside the evaluation subset.
     input:
-        annotations=CALIBRATION["annotations"],
-        images=CALIBRATION["images"],
+        annotations=CALIBRATION_ANNOTATIONS or [],
+        images=CALIBRATION_IMAGES,
         eval_subset=subset_outputs()["annotations"],
         eval_images=COCO["images"],
         id_list=CALIBRATION["image_ids_list"] or [],
     output:
-        calibration_ids(),
+        calibration_record(),
     log:
         f"{RUN}/logs/calibration_subset.log",
     conda:
@@ -79,9 +79,7 @@ rule layer_sensitivity:
     # Label-free ranking: output SQNR with one conv at 4 bits, every other FP.
     input:
         checkpoint=CHECKPOINT,
-        calibration_ids=calibration_ids(),
-        calibration_annotations=CALIBRATION["annotations"],
-        calibration_images=CALIBRATION["images"],
+        calibration=calibration_record(),
     output:
         table=report(
             sensitivity_path(),

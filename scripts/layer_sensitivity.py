@@ -8,11 +8,7 @@ run_rule(
     sm,
     sensitivity_step,
     checkpoint=sm.input.checkpoint,
-    calibration={
-        "ids": sm.input.calibration_ids,
-        "annotations": sm.input.calibration_annotations,
-        "images": sm.input.calibration_images,
-    },
+    calibration=sm.input.calibration,
     table=sm.output.table,
     plot=sm.output.plot,
     head=sm.params.head,

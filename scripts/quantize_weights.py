@@ -13,13 +13,8 @@ run_rule(
     settings=dict(sm.params.settings),
     head=sm.params.head,
     imgsz=sm.params.imgsz,
-    calibration={
-        "ids": sm.input.calibration_ids,
-        "annotations": sm.input.calibration_annotations,
-        "images": sm.input.calibration_images,
-        "limit": sm.params.calibration_limit,
-    }
-    if sm.input.get("calibration_ids")  # Snakemake's Namedlist: `in` would test values, not names
+    calibration={"record": sm.input.calibration, "limit": sm.params.calibration_limit}
+    if sm.input.get("calibration")  # Snakemake's Namedlist: `in` would test values, not names
     else None,
     sensitivity=sm.input.get("sensitivity"),
     synthetic=sm.input.get("synthetic"),

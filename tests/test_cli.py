@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import shared
+from conftest import VAL_ANNOTATIONS, VAL_IMAGES, shared
 from test_workflow import TRAIN_ANNOTATIONS, TRAIN_IMAGES
 
 
@@ -61,7 +61,8 @@ def small_config(tmp_path, **calibration) -> str:
 
 
 def test_cli_quantize_builds_the_workflows_default_recipe(seeded_checkpoint, tmp_path):
-    """No recipe flag: the config's first `build` entry (w4a16, data-free GPTQ), images distilled in the run."""
+    """No recipe flag: the config's first `build` entry (w4a16, GPTQ on `auto` calibration). The config's
+    COCO folder is absent here, so there is no spare photo: images are distilled in the run."""
     import torch
 
     from yolo_w4.config import load_config, recipe_settings
@@ -71,10 +72,11 @@ def test_cli_quantize_builds_the_workflows_default_recipe(seeded_checkpoint, tmp
     result = cli("quantize", "--checkpoint", ckpt, "--config", config, "--imgsz", "64", "--out", "w4.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     saved = torch.load(tmp_path / "w4.pt", weights_only=True)
-    expected = recipe_settings(load_config(), "w4a16")
+    expected = {**recipe_settings(load_config(), "w4a16"), "calibration_source": "synthetic"}  # auto, resolved
     assert saved["variant"] == "w4a16"
     assert {key: saved["settings"][key] for key in expected} == expected
-    assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_image_count"] == 2
+    assert saved["settings"]["calibration_source_reason"].startswith("auto: distilled images, since ")
+    assert saved["settings"]["calibration_image_count"] == 2
     assert any(layer["weights_changed"] for layer in saved["calibration"].values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.yaml", "w4.pt"], "the distilled images were temporary"
 
@@ -84,13 +86,27 @@ def test_cli_reuses_distilled_images_and_calibrates_on_real_ones(seeded_checkpoi
 
     ckpt = str(seeded_checkpoint)
     config = small_config(tmp_path, max_images=2)
+    coco = tmp_path / "coco.yaml"  # the user's layout: a COCO folder, nothing said of calibration
+    coco.write_text(
+        yaml.safe_dump(
+            {
+                "coco": {
+                    "images": str(shared(*VAL_IMAGES)),
+                    "annotations": str(shared(*VAL_ANNOTATIONS)),
+                    "max_images": 3,
+                },
+                "calibration": {"max_images": 2},
+            }
+        )
+    )
     steps = [
         ("synthesize", "--checkpoint", ckpt, "--config", config, "--device", "cpu", "--out", "synthetic.pt"),
         ("quantize", "--checkpoint", ckpt, "--config", config, "--imgsz", "64", "--synthetic", "synthetic.pt",
          "--out", "w4.pt"),
-        ("quantize", "--checkpoint", ckpt, "--config", config, "--imgsz", "64", "--variant", "w4a16_gptq_up",
+        ("quantize", "--checkpoint", ckpt, "--config", config, "--imgsz", "64", "--variant", "w4a16_g32",
          "--calibration-images", str(shared(*TRAIN_IMAGES)), "--calibration-annotations",
          str(shared(*TRAIN_ANNOTATIONS)), "--out", "real.pt"),
+        ("quantize", "--checkpoint", ckpt, "--config", coco, "--imgsz", "64", "--out", "own.pt"),
     ]  # fmt: skip
     for step in steps:
         result = cli(*step, cwd=tmp_path)
@@ -98,8 +114,14 @@ def test_cli_reuses_distilled_images_and_calibrates_on_real_ones(seeded_checkpoi
     saved = torch.load(tmp_path / "w4.pt", weights_only=True)
     assert saved["settings"]["synthetic_images_sha256"] and saved["settings"]["calibration_image_count"] == 2
     real = torch.load(tmp_path / "real.pt", weights_only=True)
-    assert real["variant"] == "w4a16_gptq_up" and real["settings"]["compensate_upstream"] is True
+    assert real["variant"] == "w4a16_g32" and real["settings"]["compensate_upstream"] is True
     assert real["settings"]["calibration_source"] == "images" and real["settings"]["calibration_image_count"] == 2
+    own = torch.load(tmp_path / "own.pt", weights_only=True)["settings"]
+    val_ids = sorted(image["id"] for image in json.loads(shared(*VAL_ANNOTATIONS).read_text())["images"])
+    assert own["calibration_source"] == "images" and own["calibration_source_reason"].startswith(
+        "auto: real photos, since "
+    )
+    assert own["calibration_photos"]["ids"] == val_ids[3:5], "the val photos after the 3-image evaluation subset"
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def test_catalog_table_matches_the_catalog():
     for name, entry in CONFIG["variants"].items():
         if name in entries:
             assert yaml.safe_load(entries[name]) == (entry or {}), name
-    assert set(entries) >= {"w4a16", "w4a16_rtn", "w4a16_bn", "w4a16_gptq_up", "w8a16"}
+    assert set(entries) >= {"w4a16", "w4a16_datafree", "w4a16_rtn", "w4a16_bn", "w8a16"}
 
 
 def test_steps_and_cli_take_config_values_from_the_config():

@@ -286,7 +286,7 @@ def onnx_runs(onnxruntime_venv, artifacts, builds, tmp_path_factory) -> dict:
     step("probe_runtime", output={"_": str(runtime)}, params={"device": "auto", "precision": "auto"})
     step("coco_subset", input={"annotations": str(builds["annotations"]), "images": str(builds["images"]), "id_list": []},
          output=subset, params={"max_images": MAX_IMAGES})  # fmt: skip
-    calibration = run_dir / "calibration" / "image_ids.txt"
+    calibration = run_dir / "calibration" / "images.json"
     step("calibration_subset",
          input={"annotations": str(builds["train_annotations"]), "images": str(builds["train_images"]), "eval_subset": subset["annotations"],
                 "eval_images": str(builds["images"]), "id_list": []},
@@ -349,8 +349,8 @@ def test_onnxruntime_env_runs_its_rules(onnx_runs):
 
     ids = Path(onnx_runs["subset"]["ids"]).read_text().split()
     assert len(ids) == MAX_IMAGES
-    calibration = onnx_runs["calibration"].read_text().split()
-    assert len(calibration) == 4 and not set(calibration) & set(ids)
+    calibration = json.loads(onnx_runs["calibration"].read_text())["ids"]
+    assert len(calibration) == 4 and not {str(i) for i in calibration} & set(ids)
     for variant, paths in onnx_runs["metrics"].items():
         record = json.loads(Path(paths["metrics"]).read_text())
         assert record["variant"] == variant and record["images"] == MAX_IMAGES

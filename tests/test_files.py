@@ -1,12 +1,14 @@
 """Atomic writes under faults: a killed job's temporary file is swept, a full disk is one line."""
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from yolo_w4.errors import UserError
-from yolo_w4.files import atomic_path, write_json
+from yolo_w4.files import atomic_path, refuse_overwriting_inputs, write_json
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -45,3 +47,34 @@ def test_write_json_replaces_whole(tmp_path):
     write_json(target, {"a": 1})
     write_json(target, {"a": 2})
     assert target.read_text() == '{\n  "a": 2\n}\n' and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "kind"),
+    [
+        ("directory", lambda p: p.mkdir(), "a directory"),
+        ("FIFO", os.mkfifo, "a FIFO"),
+        ("symlink to a device", lambda p: p.symlink_to("/dev/null"), "a character device (a symlink to /dev/null)"),
+    ],
+    ids=["directory", "FIFO", "symlink to a device"],
+)
+def test_atomic_write_refuses_to_replace_a_non_regular_file(case, make, kind, tmp_path):
+    """A rename over a device node or FIFO would replace it (as root, /dev/null itself); refuse before writing."""
+    target = tmp_path / "out.json"
+    make(target)
+    before = target.lstat()
+    with pytest.raises(UserError, match=rf"^output {re.escape(str(target))} is {re.escape(kind)}, not a file; "):
+        write_json(target, {"a": 1})
+    assert target.lstat() == before and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_an_output_that_is_an_input_by_another_name_is_refused(tmp_path):
+    """A symlink or hard link to an input names that file: writing it is refused as the input's own path is."""
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"weights")
+    (tmp_path / "link.pt").symlink_to(source)
+    os.link(source, tmp_path / "hard.pt")
+    for output in ("link.pt", "hard.pt"):
+        with pytest.raises(UserError, match=rf"^output .*{output} is also an input of this step"):
+            refuse_overwriting_inputs([tmp_path / output], [None, source])
+    refuse_overwriting_inputs([tmp_path / "new.pt", tmp_path / "new.json"], [source])  # new paths pass

@@ -1,5 +1,7 @@
 """Calibrated PTQ on the trained YOLOv5n: each method lowers the error it claims to."""
 
+import json
+
 import pytest
 import torch
 
@@ -149,25 +151,38 @@ def test_sensitivity_ranking_is_reproducible_and_mixed_precision_keeps_its_budge
         assert {layer["bits"] for layer in quantization_summary(model)["layers"]} == {4, 8}
 
 
-def test_calibration_images_must_not_be_evaluation_images(tmp_path):
+def test_calibration_photos_are_never_evaluation_images(tmp_path):
+    """From the evaluation folder itself (calibration.images: null) the subset is set aside first."""
     from yolo_w4.calibration import select_calibration
-    from yolo_w4.coco_subset import write_subset
+    from yolo_w4.coco_subset import image_files, write_subset
 
     annotations = shared("coco2017", "source-data", "annotations", "instances_val2017.json")
     images = shared(*VAL_IMAGES)
     evaluated = tmp_path / "eval"
     write_subset(annotations, images, evaluated / "ids.txt", evaluated / "subset.json", 2)
-    with pytest.raises(UserError, match="2 calibration images are also evaluation images"):
-        select_calibration(annotations, images, 10, None, evaluated / "subset.json")  # val ids 139, 802
+    eval_ids = [int(i) for i in (evaluated / "ids.txt").read_text().split()]
+    chosen = select_calibration(images, 10, annotations, None, evaluated / "subset.json", images)
+    all_ids = sorted(image["id"] for image in json.loads(annotations.read_text())["images"])
+    assert [c["id"] for c in chosen] == all_ids[2:12], "the next ten ids in order, after the evaluation subset"
+    listed = tmp_path / "ids.txt"
+    listed.write_text(f"{eval_ids[1]}\n{all_ids[5]}\n")
+    with pytest.raises(UserError, match=r"1 calibration ids are also evaluation images \(ids \["):
+        select_calibration(images, 10, annotations, listed, evaluated / "subset.json", images)
     train = shared("coco2017", "source-data", "annotations", "instances_train2017.json")
-    ids = select_calibration(train, shared(*TRAIN_IMAGES), 10, None, evaluated / "subset.json")
-    assert len(ids) == 10 and not set(ids) & {139, 802}
+    other = select_calibration(shared(*TRAIN_IMAGES), 10, train, None, evaluated / "subset.json", images)
+    assert len(other) == 10 and not {c["id"] for c in other} & set(all_ids)
     # label-free evaluation (no annotations): its files are numbered 1..N, so the same file is what counts
     free = tmp_path / "free"
     write_subset(None, images, free / "ids.txt", free / "subset.json", 3, image_size=lambda path: (1, 1))
-    with pytest.raises(UserError, match="3 calibration images are also evaluation images"):
-        select_calibration(annotations, images, 10, None, free / "subset.json", images)
-    assert select_calibration(train, shared(*TRAIN_IMAGES), 10, None, free / "subset.json", images) == ids
+    by_name = select_calibration(images, 4, None, None, free / "subset.json", images)
+    assert [c["file_name"] for c in by_name] == [p.name for p in image_files(images)[3:7]]
+    assert [c["id"] for c in select_calibration(images, 4, annotations, None, free / "subset.json", images)] == [
+        i for i in all_ids[3:7]
+    ], "COCO file names are their ids: id order skips the same three files"
+    # every photo evaluated: nothing left to calibrate on, said in one line
+    write_subset(annotations, images, evaluated / "ids.txt", evaluated / "all.json", 1000)
+    with pytest.raises(UserError, match=r"no calibration photos: .* has none outside the 158-image evaluation subset"):
+        select_calibration(images, 10, annotations, None, evaluated / "all.json", images)
 
 
 def test_data_free_bias_correction_from_batchnorm_statistics(proxy, held_out):
@@ -230,6 +245,38 @@ def test_upstream_target_is_the_fp_weight_when_inputs_agree_and_moves_when_they_
     stats = collect_paired_stats(fp_acts, q_acts, fp_layers, {name: q_layers[name]})[name]
     W = fp_layers[name].weight.detach().reshape(1, q_layers[name].out_channels, -1)
     assert not torch.allclose(stats.fp_target(W, 0.01), W, atol=1e-3)
+
+
+def test_paired_statistics_are_the_same_when_the_stage_stops_at_the_fitted_conv(proxy, calibration):
+    """Upstream compensation stops each stage forward once the conv being fitted has its input:
+    its statistics (hence GPTQ's integers) are bit for bit those of the whole stage, for fewer convs run."""
+    from yolo_w4.ptq import StagedActivations, collect_paired_stats, execution_order
+
+    model = quantize_weights(proxy.model, default_recipe())
+    fp_layers, q_layers = conv_layers(proxy.model), conv_layers(model)
+    fp_acts, q_acts = StagedActivations(proxy.model, calibration[:2]), StagedActivations(model, calibration[:2])
+    calls = []
+    counters = [conv.register_forward_pre_hook(lambda m, a: calls.append(1)) for conv in q_layers.values()]
+    try:
+        for stage in (2, 24):  # a C3 block (5 convs) and the detect head (3)
+            while q_acts.stage < stage:
+                fp_acts.run(advance=True)
+                q_acts.run(advance=True)
+            stage_layers = {n: m for n, m in q_layers.items() if n.startswith(f"model.{stage}.")}
+            for position, name in enumerate(execution_order(q_acts, stage_layers)):
+                calls.clear()
+                early = collect_paired_stats(fp_acts, q_acts, fp_layers, {name: q_layers[name]})[name]
+                stopped = len(calls)
+                calls.clear()
+                whole = collect_paired_stats(fp_acts, q_acts, fp_layers, {name: q_layers[name]}, whole_stage=True)[name]
+                assert len(calls) == 2 * len(stage_layers), "the whole stage ran for each image"
+                for field in ("sum", "gram", "cross", "reference_sum"):
+                    assert torch.equal(getattr(early, field), getattr(whole, field)), (name, field)
+                assert early.count == whole.count
+                assert stopped == 2 * (position + 1), "per image: the convs up to the fitted one, none after it"
+    finally:
+        for handle in counters:
+            handle.remove()
 
 
 def test_upstream_compensation_beats_plain_gptq_on_held_out_images(proxy, calibration, held_out):

@@ -28,7 +28,11 @@ def snakemake(tmp_path, config: dict, *args, cores: int = 2):
 
 def plan(tmp_path, cores: int = 3, **config) -> list[dict]:
     """The jobs a forced dry run of the demo (every recipe kind: synthetic, calibrated, mixed, plain) would run."""
-    config = {"run_id": "pytest-threads-plan", "build": ["w4a16", "w4a16_rtn", "w4a16_mixed_up"], **config}
+    config = {
+        "run_id": "pytest-threads-plan",
+        "build": ["w4a16_datafree", "w4a16", "w4a16_rtn", "w4a16_mixed_up"],
+        **config,
+    }
     config.setdefault(
         "calibration", {"images": str(tmp_path), "annotations": "config/demo/annotations.json"}
     )  # not read

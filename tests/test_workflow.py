@@ -59,7 +59,7 @@ def run(tmp_path_factory):
     config = small_config(
         run_id,
         smoke={"image": str(photo), "runs": 3, "warmup": 1},
-        build=["w4a16", "w8a16", "w4a16_mixed", "w4a16_bn"],  # w8a16, w4a16_bn from the catalog
+        build=["w4a16", "w8a16", "w4a16_mixed", "w4a16_bn", "w4a16_datafree"],  # the rest from the catalog
         # a recipe added to the catalog by a user's config, and a catalog entry changed by it (group-wise)
         variants={"w4a16_mixed": calibrated, "w4a16_bn": {"group_size": 32}},
         calibration={
@@ -94,13 +94,14 @@ def test_run_writes_every_artifact(run):
         assert runtime["provider_used"] == "CPUExecutionProvider" and runtime["precision"] == "fp32"
         assert runtime["cuda_reason"].endswith("has no CUDA provider (install onnxruntime-gpu)")
     packed = sorted(p.name for p in (results / "onnx").glob("*-int4-ptq.onnx"))
-    assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_mixed")], (
+    assert packed == [f"{model}-{v}-int4-ptq.onnx" for v in ("w4a16", "w4a16_bn", "w4a16_datafree", "w4a16_mixed")], (
         "8-bit variants have nothing to pack"
     )
     assert sorted(p.name for p in (results / "smoke").iterdir()) == [
         f"{model}-fp.json",
         f"{model}-w4a16.json",
         f"{model}-w4a16_bn.json",
+        f"{model}-w4a16_datafree.json",
         f"{model}-w4a16_mixed.json",
         f"{model}-w8a16.json",
     ]
@@ -237,9 +238,13 @@ def test_deltas_table_has_a_row_per_model_and_the_report_shows_it(run, tmp_path)
     rows = list(csv.DictReader((results / "report" / "deltas.csv").open()))
     assert rows[0]["variant"] == "fp" and float(rows[0]["agreement_mAP50_95"]) == pytest.approx(1.0)
     assert all(0 <= float(row["agreement_mAP50_95"]) <= 1 for row in rows[1:]), "label-free agreement per variant"
-    assert sorted(row["variant"] for row in rows[1:]) == ["w4a16", "w4a16_bn", "w4a16_mixed", "w8a16"], (
-        "config-added variants are new rows"
-    )
+    assert sorted(row["variant"] for row in rows[1:]) == [
+        "w4a16",
+        "w4a16_bn",
+        "w4a16_datafree",
+        "w4a16_mixed",
+        "w8a16",
+    ], "config-added variants are new rows"
     fp, w4 = rows[0], next(row for row in rows if row["variant"] == "w4a16")
     assert float(w4["delta_mAP50_95"]) == pytest.approx(float(w4["mAP50_95"]) - float(fp["mAP50_95"]), abs=1e-6)
     assert float(w4["delta_mAP50_95_ci_low"]) <= float(w4["delta_mAP50_95_ci_high"])
@@ -328,9 +333,9 @@ def test_calibrated_mixed_variant_uses_the_sensitivity_ranking_and_its_budget(ru
     results, _, _ = run
     ranking = list(csv.DictReader((results / "sensitivity" / "yolov10n-seed0.csv").read_text().splitlines()))
     assert ranking and ranking[0]["rank"] == "1" and "model.23.dfl.conv" not in {r["layer"] for r in ranking}
-    calibration_ids = (results / "calibration" / "image_ids.txt").read_text().split()
-    eval_ids = (results / "coco" / "image_ids.txt").read_text().split()
-    assert len(calibration_ids) == 4 and not set(calibration_ids) & set(eval_ids)
+    calibration = json.loads((results / "calibration" / "images.json").read_text())
+    eval_ids = [int(i) for i in (results / "coco" / "image_ids.txt").read_text().split()]
+    assert len(calibration["ids"]) == 4 and not set(calibration["ids"]) & set(eval_ids)
     saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16_mixed-ptq.pt", weights_only=True)
     eight_bit = saved["settings"]["layer_bits"]
     assert eight_bit and set(eight_bit.values()) == {8}
@@ -355,8 +360,8 @@ def test_data_free_variant_needs_no_calibration_images(run):
     assert len(corrected) >= 10, "YOLOv10n convs fed directly by Conv blocks get a BN-derived correction"
 
 
-def test_default_variant_calibrates_on_distilled_images_only(run):
-    """The default w4a16 (config/config.yaml) is data-free: GPTQ on images distilled from the checkpoint."""
+def test_data_free_variant_calibrates_on_distilled_images_only(run):
+    """w4a16_datafree (config/config.yaml) reads no photo: GPTQ on images distilled from the checkpoint."""
     import torch
 
     results, _, _ = run
@@ -364,7 +369,7 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
     assert synthetic["images"].dtype == torch.uint8 and tuple(synthetic["images"].shape) == (2, 3, 64, 64)
     assert len(synthetic["inputs"]["checkpoint"]["sha256"]) == 64 and synthetic["settings"]["steps"] == 3
     assert (results / "calibration" / "yolov10n-seed0-synthetic.png").stat().st_size > 1000
-    saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16-ptq.pt", weights_only=True)
+    saved = torch.load(results / "quantized" / "yolov10n-seed0-w4a16_datafree-ptq.pt", weights_only=True)
     assert saved["settings"]["calibration_source"] == "synthetic" and saved["settings"]["calibration_image_count"] == 2
     assert (
         saved["settings"]["ptq_seconds"] >= saved["settings"]["synthesis_seconds"] == synthetic["settings"]["seconds"]
@@ -375,8 +380,8 @@ def test_default_variant_calibrates_on_distilled_images_only(run):
         results / "calibration" / "yolov10n-seed0-synthetic.pt"
     )
     assert any(layer["weights_changed"] for layer in saved["calibration"].values()), "GPTQ changed weights"
-    metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16.json").read_text())
-    assert "synthetic images" in metrics["settings"]
+    metrics = json.loads((results / "metrics" / "yolov10n-seed0-w4a16_datafree.json").read_text())
+    assert "synthetic images" in metrics["settings"] and metrics["calibration"]["source"] == "synthetic"
 
 
 def test_without_annotations_every_model_is_scored_by_agreement_with_fp(tmp_path):

@@ -28,17 +28,20 @@ CHECKPOINT = "results/seeded/yolov10m-seed0.pt"
 MODEL = "yolov10m-seed0"
 SHARED = Path("../shared/data/coco2017/source-data")
 
-# (row label, benchmark file under results/<run>/benchmarks/, note)
+# (row label, benchmark file under results/<run>/benchmarks/, note): the FP baseline's and the run's rules ...
 RULES = (
-    ("quantize_weights (whole job)", "quantize_weights/{model}-{variant}.tsv", "load, PTQ, write the state dict"),
     ("export_fp", "export_fp/{model}.tsv", ""),
-    ("export_qcdq", "export_qcdq/{model}-{variant}.tsv", ""),
     ("smoke_test fp", "smoke_test/{model}-fp.tsv", ""),
-    ("smoke_test variant", "smoke_test/{model}-{variant}.tsv", ""),
     ("evaluate_coco fp", "evaluate_coco/{model}-fp.tsv", ""),
-    ("evaluate_coco variant", "evaluate_coco/{model}-{variant}.tsv", ""),
     ("benchmark_latency", "benchmark_latency/{model}.tsv", "every model, interleaved"),
     ("synthesize_calibration", "synthesize_calibration/{model}.tsv", "data-free recipes only"),
+)
+# ... and each variant's, labelled "<label> <variant>"
+VARIANT_RULES = (
+    ("quantize_weights (whole job)", "quantize_weights/{model}-{variant}.tsv", "load, PTQ, write the state dict"),
+    ("export_qcdq", "export_qcdq/{model}-{variant}.tsv", ""),
+    ("smoke_test", "smoke_test/{model}-{variant}.tsv", ""),
+    ("evaluate_coco", "evaluate_coco/{model}-{variant}.tsv", ""),
 )
 
 
@@ -78,12 +81,22 @@ def _seconds(path: Path):
     return round(float(row["s"]), 2)
 
 
-def snakemake(workdir: Path, cores: int, configfile: Path, *targets, dry=False) -> float:
+def snakemake(workdir: Path, cores: int, configfiles: Path | list[Path], *targets, dry=False) -> float:
     """Run Snakemake in `workdir` with that checkout's library first on the path; return wall seconds."""
+    configfiles = configfiles if isinstance(configfiles, list) else [configfiles]
     env = {**os.environ, "PYTHONPATH": str(workdir / "scripts")}
     env.setdefault("YOLO_OFFLINE", "1")
     # targets before --configfile, which would read them as more config files
-    command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile", str(configfile)]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "--cores",
+        str(cores),
+        "--configfile",
+        *map(str, configfiles),
+    ]
     if dry:
         command.append("-n")
     started = time.perf_counter()
@@ -93,19 +106,19 @@ def snakemake(workdir: Path, cores: int, configfile: Path, *targets, dry=False) 
     return round(time.perf_counter() - started, 2)
 
 
-def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threads: int) -> dict:
-    """Run the workflow from scratch on the seeded YOLOv10m; return the measurements."""
+def bench(workdir: Path, out: Path, variants: list[str], cores: int, images: int, threads: int) -> dict:
+    """Run the workflow from scratch on the seeded YOLOv10m, building `variants`; return the measurements."""
     workdir = workdir.resolve()
     coco = workdir / SHARED
     if not (coco / "val2017").is_dir():
         sys.exit(f"error: {coco} not found: make bench reads the COCO images of ../shared/data")
-    run_id = f"bench-{variant}"
+    run_id = f"bench-{'-'.join(variants)}"
     config = {
         "run_id": run_id,
         "checkpoint": CHECKPOINT,
         "head": "one2one",
         "threads": threads,
-        "build": [variant],
+        "build": list(variants),
         "coco": {
             "images": str(coco / "val2017"),
             "annotations": str(coco / "annotations" / "instances_val2017.json"),
@@ -123,30 +136,36 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
     results = workdir / "results" / run_id
     marks = results / "benchmarks"
     rows = []
-    for label, pattern, note in RULES:
+    timed = [(label, pattern, note, None) for label, pattern, note in RULES]
+    timed += [(f"{label} {v}", pattern, note, v) for v in variants for label, pattern, note in VARIANT_RULES]
+    for label, pattern, note, variant in timed:
         seconds = _seconds(marks / pattern.format(model=MODEL, variant=variant))
         if seconds is not None:
             rows.append({"what": label, "value": seconds, "unit": "s", "note": note})
+    models = ["fp", *variants]
     latency = read_json(results / "latency" / f"{MODEL}.json")["models"]
-    metrics = {name: read_json(results / "metrics" / f"{MODEL}-{name}.json") for name in ("fp", variant)}
+    metrics = {name: read_json(results / "metrics" / f"{MODEL}-{name}.json") for name in models}
     fp_bytes = read_json(results / "onnx" / f"{MODEL}-fp.json")["bytes"]
-    int4 = results / "onnx" / f"{MODEL}-{variant}-int4-ptq.json"
-    for name in ("fp", variant):
+    for name in models:
         rows.append({"what": f"latency {name}, batch 1 (median)", "value": latency[name]["median_ms"], "unit": "ms",
                      "note": f"{latency[name]['provider_used'].removesuffix('ExecutionProvider')}"})  # fmt: skip
-    for name in ("fp", variant):
+    for name in models:
         evaluated = _seconds(marks / f"evaluate_coco/{MODEL}-{name}.tsv")
         per_image = evaluated / metrics[name]["images"] * 1000
         rows.append({"what": f"evaluate_coco {name} per image / model latency", "unit": "x",
                      "value": round(per_image / latency[name]["median_ms"], 2),
                      "note": f"{per_image:.0f} ms per image, whole job"})  # fmt: skip
-    if metrics[variant].get("ptq_seconds") is not None:
-        rows.append({"what": "PTQ inside quantize_weights", "value": metrics[variant]["ptq_seconds"], "unit": "s",
-                     "note": "the recipe alone (rounding for RTN)"})  # fmt: skip
-    if int4.is_file():
-        packed = read_json(int4)["bytes"]
-        rows.append({"what": "INT4 file / FP32 file", "value": round(packed / fp_bytes, 4), "unit": "x",
-                     "note": f"{packed:,} / {fp_bytes:,} bytes"})  # fmt: skip
+    for name in variants:
+        calibration = metrics[name].get("calibration") or {}
+        if metrics[name].get("ptq_seconds") is not None:
+            fitted = f"{calibration['count']} {calibration['source']} images" if calibration else "no images"
+            rows.append({"what": f"PTQ inside quantize_weights {name}", "value": metrics[name]["ptq_seconds"],
+                         "unit": "s", "note": f"the recipe alone, fitted to {fitted}"})  # fmt: skip
+        int4 = results / "onnx" / f"{MODEL}-{name}-int4-ptq.json"
+        if int4.is_file():
+            packed = read_json(int4)["bytes"]
+            rows.append({"what": f"INT4 file / FP32 file {name}", "value": round(packed / fp_bytes, 4), "unit": "x",
+                         "note": f"{packed:,} / {fp_bytes:,} bytes"})  # fmt: skip
     rows.append({"what": f"whole workflow, snakemake --cores {cores}", "value": total, "unit": "s", "note": ""})
     rows.append({"what": "snakemake -n (nothing to do)", "value": dry, "unit": "s", "note": ""})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workdir, capture_output=True, text=True)
@@ -156,7 +175,7 @@ def bench(workdir: Path, out: Path, variant: str, cores: int, images: int, threa
         "cores": cores,
         "threads": threads,
         "images": images,
-        "variant": variant,
+        "variants": list(variants),
         "provider": metrics["fp"].get("provider_used"),
         "workdir": str(workdir),
         "commit": commit.stdout.strip() or "unknown",
@@ -168,7 +187,7 @@ def markdown(record: dict, before: dict | None = None) -> str:
     facts = record["machine"]
     lines = [
         f"Seeded YOLOv10m, `snakemake --cores {record['cores']}`, threads {record['threads']}, "
-        f"{record['images']} val2017 images, variant {record['variant']}, provider {record['provider']}; "
+        f"{record['images']} val2017 images, variants {', '.join(record['variants'])}, provider {record['provider']}; "
         f"{facts['cpu']}, {facts['cpus']} CPUs, {facts['memory_gib']} GiB; commit {record['commit']}.",
         "",
     ]
@@ -192,7 +211,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m yolo_w4.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="the checkout to run (default: this one)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
-    parser.add_argument("--variant", default="w4a16_rtn", help="the recipe timed beside the FP baseline")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        default=["w4a16_rtn"],
+        help="the recipes timed beside the FP baseline (config.yaml's build: w4a16 w4a16_g32)",
+    )
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images", type=int, default=20)

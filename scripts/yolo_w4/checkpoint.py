@@ -193,10 +193,14 @@ def unpickle_checkpoint(path, trust: bool = False) -> dict:
     from ultralytics.nn.tasks import temporary_modules
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory; point `checkpoint:` at the .pt file inside it")
     if not path.is_file():
         raise UserError(
             f"checkpoint not found: {path} (set `checkpoint:` in the config or pass --config checkpoint=PATH)"
         )
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes), not a PyTorch checkpoint; download or save it again")
     from yolo_w4.legacy_yolov5 import yolov5_modules
 
     try:
@@ -235,7 +239,7 @@ def unpickle_checkpoint(path, trust: bool = False) -> dict:
 
 def _not_a_checkpoint(path, error) -> UserError:
     return UserError(
-        f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+        f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}); "
         "point `checkpoint:` at an Ultralytics .pt file"
     )
 

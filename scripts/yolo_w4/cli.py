@@ -1,11 +1,11 @@
 """`python -m yolo_w4 …`: the workflow's steps, outside Snakemake, reading the same config/config.yaml.
 
 python -m yolo_w4 seed --out yolov10n-seed0.pt
-python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt        # the workflow's default recipe (w4a16)
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt        # the default recipe (w4a16), the config's photos
+python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_g32 \
+    --calibration-images train2017 --calibration-annotations instances_train2017.json
 python -m yolo_w4 synthesize --checkpoint yolov10m.pt --out synthetic.pt
 python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --synthetic synthetic.pt   # reuse distilled images
-python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_gptq_up \
-    --calibration-images train2017 --calibration-annotations instances_train2017.json
 python -m yolo_w4 quantize --checkpoint yolov10m.pt --out w4.pt --variant w4a16_rtn --scale mse   # override a setting
 python -m yolo_w4 export --checkpoint yolov10m.pt --quantized w4.pt --out w4.onnx
 python -m yolo_w4 pack --onnx w4.onnx --out w4-int4.onnx
@@ -81,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--full-range", action="store_true", help="override narrow_range: false (-8..7 at 4 bits)")
     quantize.add_argument("--keep-float", action="append", metavar="GLOB", help="override keep_float (repeatable)")
     quantize.add_argument("--synthetic", help="distilled calibration images from `synthesize` (else distilled here)")
-    quantize.add_argument("--calibration-images", help="folder of real calibration images (calibrates on them)")
-    quantize.add_argument("--calibration-annotations", help="their COCO annotation file (lists the image files)")
+    quantize.add_argument(
+        "--calibration-images",
+        help="folder of calibration photos (default: the config's, outside its evaluation subset)",
+    )
+    quantize.add_argument("--calibration-annotations", help="their COCO annotation file (else: the files by name)")
     quantize.add_argument(
         "--sensitivity", help="layer sensitivity CSV (the layer_sensitivity rule's) for mixed recipes"
     )
@@ -131,11 +134,12 @@ def run(args: argparse.Namespace) -> None:
         download_inputs(load_config(args.config), args.only, args.checkpoint, args.coco_images, args.coco_annotations)
         return
     from yolo_w4 import steps_torch as steps
-    from yolo_w4.config import load_config
+    from yolo_w4.files import refuse_overwriting_inputs
 
-    config = load_config(args.config) if hasattr(args, "config") else None
+    refuse_overwriting_inputs(*step_files(args))
+    config = cli_config(args) if hasattr(args, "config") else None
     record = {k: v for k, v in vars(args).items() if k != "command"}  # what the JSONs say was asked
-    imgsz = (args.imgsz or config["imgsz"]) if config else None
+    imgsz = config["imgsz"] if config else None
     trust = getattr(args, "trust_checkpoint", False) or (config["trust_checkpoint"] if config else False)
     if args.command == "seed":
         steps.seeded_step(args.out, args.arch, args.seed)
@@ -144,14 +148,14 @@ def run(args: argparse.Namespace) -> None:
         steps.synthesize_step(
             args.checkpoint,
             args.out,
-            images=_given(args.images, synthetic["images"]),
-            imgsz=args.imgsz or synthetic["imgsz"] or config["imgsz"],
-            steps=_given(args.steps, synthetic["steps"]),
+            images=synthetic["images"],
+            imgsz=args.imgsz or synthetic["imgsz"] or imgsz,
+            steps=synthetic["steps"],
             lr=synthetic["lr"],
-            seed=_given(args.seed, synthetic["seed"]),
+            seed=synthetic["seed"],
             batch=synthetic["batch"],
             coarse=synthetic["coarse"],
-            device=args.device or config["device"],
+            device=config["device"],
             trust=trust,
         )
     elif args.command == "quantize":
@@ -186,9 +190,9 @@ def run(args: argparse.Namespace) -> None:
             variant,
             args.quantized,
             args.image or smoke["image"],
-            device=args.device or config["device"],
+            device=config["device"],
             precision=args.precision,
-            runs=_given(args.runs, smoke["runs"]),
+            runs=smoke["runs"],
             warmup=smoke["warmup"],
             conf=smoke["conf"],
             head=_head(args, config),
@@ -198,9 +202,47 @@ def run(args: argparse.Namespace) -> None:
         )
 
 
-def _given(value, default):
-    """A command-line value if it was given (0 included), else the config's."""
-    return default if value is None else value
+CONFIG_FLAGS = {  # command-line flag (its argparse dest) -> the config key it overrides
+    "imgsz": ("imgsz",),
+    "device": ("device",),
+    "images": ("calibration", "synthetic", "images"),
+    "steps": ("calibration", "synthetic", "steps"),
+    "seed": ("calibration", "synthetic", "seed"),
+    "runs": ("smoke", "runs"),
+}
+
+
+def cli_config(args) -> dict:
+    """The --config file with the flags that override config keys laid over it, each checked by the schema."""
+    from yolo_w4.config import load_config, merge, validate_config
+
+    config = load_config(args.config)
+    for dest, keys in CONFIG_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        override = value
+        for key in reversed(keys):
+            override = {key: override}
+        try:
+            config = validate_config(merge(config, override))
+        except UserError as error:
+            raise UserError(f"--{dest} {value} is refused: {error}") from None
+    return config
+
+
+INPUT_FLAGS = (  # the argparse dests of the flags that name files a command reads
+    *("config", "checkpoint", "quantized", "onnx"),
+    *("synthetic", "calibration_annotations", "sensitivity", "image"),
+)
+
+
+def step_files(args) -> tuple[list, list]:
+    """(outputs, inputs) of a command: what it writes, and the files it reads, which no output may replace."""
+    outputs = [args.out]
+    if args.command in ("export", "pack"):  # the JSON that describes the ONNX
+        outputs.append(str(Path(args.out).with_suffix(".json")))
+    return outputs, [getattr(args, dest, None) for dest in INPUT_FLAGS]
 
 
 def cli_recipe(args, config: dict) -> tuple[str, dict]:
@@ -237,16 +279,19 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
     import tempfile
 
     from yolo_w4 import steps_torch as steps
+    from yolo_w4.calibration import calibration_folder, resolve_calibration_source, spare_photos
     from yolo_w4.config import needs_calibration, needs_synthetic
 
     name, settings = cli_recipe(args, config)
+    folder = args.calibration_images or calibration_folder(config)[0]
+    settings = resolve_calibration_source(settings, bool(args.calibration_images) or spare_photos(config), folder)
     head = args.head or config["head"]
-    device = args.device or config["device"]
+    device = config["device"]
     calibration = None
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as work:
         synthetic = args.synthetic
         if needs_synthetic(settings) and not synthetic:
-            synthetic = str(Path(folder) / "synthetic.pt")
+            synthetic = str(Path(work) / "synthetic.pt")
             options = config["calibration"]["synthetic"]
             print(f"{name} calibrates on distilled images: distilling {options['images']} (pass --synthetic to reuse)")
             steps.synthesize_step(
@@ -263,7 +308,7 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
                 trust=trust,
             )
         if needs_calibration(settings):
-            calibration = real_calibration(args, config, Path(folder) / "calibration_ids.txt", name)
+            calibration = real_calibration(args, config, Path(work), name)
         if settings["mixed"] and not args.sensitivity:
             raise UserError(f"{name} uses mixed precision: pass --sensitivity CSV (the layer_sensitivity rule's table)")
         steps.quantize_step(
@@ -281,22 +326,45 @@ def quantize(args, config: dict, imgsz: int, trust: bool) -> None:
         )
 
 
-def real_calibration(args, config: dict, ids_file: Path, name: str) -> dict:
-    """Real calibration images: --calibration-images/--calibration-annotations, else the config's `calibration`."""
-    from yolo_w4.calibration import select_calibration
-    from yolo_w4.coco_subset import write_ids
+def real_calibration(args, config: dict, work: Path, name: str) -> dict:
+    """Real calibration photos: --calibration-images (--calibration-annotations), else the config's
+    `calibration` folder; from the evaluation folder, never a photo of the config's evaluation subset."""
+    from yolo_w4.calibration import calibration_folder
+    from yolo_w4.steps_onnxruntime import calibration_step, subset_step
 
-    options = config["calibration"]
-    images = args.calibration_images or options["images"]
-    annotations = args.calibration_annotations or options["annotations"]
-    if not Path(images).is_dir() or not Path(annotations).is_file():
+    options, coco = config["calibration"], config["coco"]
+    if args.calibration_images:
+        images, annotations = args.calibration_images, args.calibration_annotations
+    else:
+        images, annotations = calibration_folder(config)
+    absent = next((p for p in (images, annotations) if p and not Path(p).exists()), None)
+    if absent:
         raise UserError(
-            f"{name} calibrates on real images, but {images if not Path(images).is_dir() else annotations} is not there: "
-            "pass --calibration-images DIR --calibration-annotations FILE, or --synthetic FILE for data-free images"
+            f"{name} calibrates on real images, but {absent} is not there: "
+            "pass --calibration-images DIR (--calibration-annotations FILE), or --synthetic FILE for data-free images"
         )
-    ids = select_calibration(annotations, images, options["max_images"], options["image_ids_list"])
-    write_ids(ids_file, ids)
-    return {"ids": ids_file, "annotations": annotations, "images": images, "limit": options["max_images"]}
+    eval_subset = None
+    if Path(coco["images"]).is_dir() and (coco["annotations"] is None or Path(coco["annotations"]).is_file()):
+        eval_subset = work / "evaluation.json"  # the subset the workflow would score: set aside
+        subset_step(
+            coco["annotations"],
+            coco["images"],
+            work / "evaluation_ids.txt",
+            eval_subset,
+            max_images=coco["max_images"],
+            image_ids_list=coco["image_ids_list"],
+        )
+    record = work / "calibration.json"
+    calibration_step(
+        images,
+        record,
+        max_images=options["max_images"],
+        annotations=annotations,
+        eval_subset=eval_subset,
+        eval_images=coco["images"] if eval_subset else None,
+        image_ids_list=None if args.calibration_images else options["image_ids_list"],
+    )
+    return {"record": record, "limit": options["max_images"]}
 
 
 def _head(args, config: dict) -> str | None:

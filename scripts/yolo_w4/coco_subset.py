@@ -33,7 +33,8 @@ def load_coco(path) -> dict:
     missing = [key for key in COCO_KEYS if not isinstance(data, dict) or not isinstance(data.get(key), list)]
     if missing:
         raise UserError(f"{path} is not a COCO detection annotation file (no {', '.join(missing)} list)")
-    ids = [image.get("id") for image in data["images"]]
+    check_entries(path, data)
+    ids = [image["id"] for image in data["images"]]
     repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if repeated:
         raise UserError(
@@ -47,17 +48,71 @@ def load_coco(path) -> dict:
     return data
 
 
+def check_entries(path, coco: dict) -> None:
+    """Refuse image and annotation values that pycocotools would score wrongly, or crash on in evaluate_coco
+    after every export has run: one line naming the entry and its field."""
+
+    def refuse(entry: str, problem: str) -> UserError:
+        return UserError(f"{path}: {entry} has {problem}; fix or remove that entry")
+
+    for image in coco["images"]:
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            shown = image.get("id") if isinstance(image, dict) else image
+            raise refuse(f"image {shown!r}", "an id that is not an integer (COCO image ids are integers)")
+        for field in ("width", "height"):
+            if field in image and not (_is_int(image[field]) and image[field] > 0):
+                raise refuse(f"image id {image['id']}", f"{field} {image[field]!r}, not a positive integer")
+    categories = {category.get("id") for category in coco["categories"] if isinstance(category, dict)}
+    for number, annotation in enumerate(coco["annotations"]):
+        if not isinstance(annotation, dict):
+            raise refuse(f"annotation #{number}", f"type {type(annotation).__name__}, not an object")
+        entry = f"annotation id {annotation.get('id', f'#{number}')!r}"
+        missing = [field for field in ANNOTATION_FIELDS if field not in annotation]
+        if missing:
+            raise refuse(entry, f"no {', '.join(missing)} field (COCO detection annotations need {ANNOTATION_FIELDS})")
+        image_id, category_id, box = annotation["image_id"], annotation["category_id"], annotation["bbox"]
+        if not _is_int(image_id):
+            raise refuse(entry, f"image_id {image_id!r}, not an integer")
+        if not _is_int(category_id) or category_id not in categories:
+            raise refuse(entry, f"category_id {category_id!r}, which is not among its categories")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise refuse(entry, f"bbox {box!r}, not a list [x, y, width, height] of 4 numbers")
+        if box[2] < 0 or box[3] < 0:
+            raise refuse(entry, f"bbox {box!r} with a negative width or height")
+        if not _is_int(annotation["iscrowd"]) or annotation["iscrowd"] not in (0, 1):
+            raise refuse(entry, f"iscrowd {annotation['iscrowd']!r}, not 0 or 1")
+        if not (_is_number(annotation["area"]) and annotation["area"] >= 0):
+            raise refuse(entry, f"area {annotation['area']!r}, not a number >= 0")
+
+
+ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
+
+
 def read_id_list(path) -> list[int]:
     """Image ids from a text file: one per line, blank lines and `#` comments ignored."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image id list not found: {path} (config key `coco.image_ids_list`)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not a text file (byte {error.start} is not UTF-8); it should hold one image id a line"
+        ) from None
     ids = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # str.isdigit() also admits '²', which int() refuses
             raise UserError(f"{path}:{number}: {text!r} is not an image id (one integer per line, # for comments)")
         ids.append(int(text))
     if not ids:
@@ -99,6 +154,11 @@ def image_paths(coco: dict, images_dir) -> dict:
     return {image["id"]: Path(images_dir) / image["file_name"] for image in coco["images"]}
 
 
+def annotated_sizes(coco: dict) -> dict:
+    """{image id: (height, width)} for the images whose entry states both."""
+    return {i["id"]: (i["height"], i["width"]) for i in coco["images"] if "height" in i and "width" in i}
+
+
 def check_images_exist(coco_subset: dict, images_dir) -> None:
     for image_id, path in image_paths(coco_subset, images_dir).items():
         if not path.is_file():
@@ -106,6 +166,11 @@ def check_images_exist(coco_subset: dict, images_dir) -> None:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder) -> list[Path]:
+    """The image files of a folder, in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def folder_subset(images_dir, max_images: int, image_size) -> dict:
@@ -117,7 +182,7 @@ def folder_subset(images_dir, max_images: int, image_size) -> dict:
     folder = Path(images_dir)
     if not folder.is_dir():
         raise UserError(f"COCO images folder not found: {folder} (set `coco.images` in the config)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise UserError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); set `coco.images`")
     images = []

@@ -35,8 +35,19 @@ def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _strict_integer(checker, instance) -> bool:
+    """JSON Schema's `integer` also admits 320.0, which a pixel count or a range() cannot take: refuse floats."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft7Validator,
+    type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
 def _check_schema(instance, schema: dict, schema_path, prefix: str = "") -> None:
-    validator = jsonschema.Draft7Validator(schema)
+    validator = StrictValidator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), _where(e)))
     if errors:
         error = errors[0]
@@ -56,6 +67,7 @@ def validate_config(config: dict, schema_path=SCHEMA) -> dict:
     catalog = config.get("variants") or {}
     if FP in catalog or FP in (config.get("build") or []):  # before the schema, whose words would be obscure
         raise UserError("invalid config at variants: the name fp is reserved for the FP baseline; rename that variant")
+    _refuse_partial_config(config, schema)
     _check_schema(config, schema, schema_path)
     if config["coco"]["annotations"] is None and config["coco"]["image_ids_list"]:
         raise UserError(
@@ -76,6 +88,18 @@ def validate_config(config: dict, schema_path=SCHEMA) -> dict:
     return config
 
 
+def _refuse_partial_config(config: dict, schema: dict) -> None:
+    """Snakemake run in another directory (-d RUN) finds no config/config.yaml there and, given a --configfile,
+    goes on with that file alone: say so, rather than name the first key it lacks."""
+    missing = [key for key in schema["required"] if key not in config]
+    if missing and not Path("config", "config.yaml").is_file():
+        raise UserError(
+            f"config/config.yaml was not found in the working directory {Path.cwd()}, so {len(missing)} keys "
+            f"({', '.join(missing[:3])}, …) have no value: copy {DEFAULT_CONFIG} there (then edit it), "
+            f"or run from the checkout {CONFIG_DIR.parent}"
+        )
+
+
 def _every_key_required(schema: dict) -> dict:
     """`schema` with every property of every object required: a resolved recipe lacks nothing."""
     if "properties" not in schema:
@@ -86,12 +110,31 @@ def _every_key_required(schema: dict) -> dict:
 
 def load_config(path=DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
     """config.yaml (or `path` laid over it), then `overrides`, validated: what the command line uses."""
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = read_yaml_config(DEFAULT_CONFIG)
     if Path(path).resolve() != DEFAULT_CONFIG:
         if not Path(path).is_file():
             raise UserError(f"config file not found: {path}")
-        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        config = merge(config, read_yaml_config(path))
     return validate_config(merge(config, overrides or {}))
+
+
+def read_yaml_config(path) -> dict:
+    """A config file's mapping; a file that is not YAML, or not a mapping of keys, is one line naming it."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise UserError(f"config file {path} is not valid YAML{at}: {problem}; fix it or pass a YAML config") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config file {path} holds a {type(data).__name__}, not a mapping of config keys; "
+            "write it as `key: value` lines like config/config.yaml"
+        )
+    return data
 
 
 def recipe_settings(config: dict, name: str) -> dict:

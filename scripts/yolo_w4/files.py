@@ -5,10 +5,18 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 TEMP_MARK = ".yolo-w4-tmp"  # in every temporary name, so a sweep removes ours and nothing else
+NON_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def sweep_stale(path) -> list[Path]:
@@ -30,6 +38,7 @@ def atomic_path(path):
     from yolo_w4.errors import UserError
 
     path = Path(path)
+    refuse_non_regular(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{path.suffix}", dir=path.parent)
@@ -53,6 +62,47 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def refuse_non_regular(path) -> None:
+    """Refuse to write over a directory, device, FIFO or socket (or a symlink to one): a rename would replace it."""
+    from yolo_w4.errors import UserError
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # absent (or a dangling symlink, which the rename replaces): a new file
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in NON_REGULAR if is_kind(mode)), "a special file")
+    via = f" (a symlink to {path.resolve()})" if path.is_symlink() else ""
+    raise UserError(f"output {path} is {kind}{via}, not a file; write to a new file path instead")
+
+
+def refuse_overwriting_inputs(outputs, inputs) -> None:
+    """Before a step runs: no output may be an input (it would be gone) or a non-regular file."""
+    from yolo_w4.errors import UserError
+
+    sources = [Path(p) for p in inputs if p]
+    for output in (Path(p) for p in outputs if p):
+        refuse_non_regular(output)
+        for source in sources:
+            if _same_file(output, source):
+                raise UserError(
+                    f"output {output} is also an input of this step ({source}); "
+                    "write to another path, or the input is lost"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (symlinks and hard links followed)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def read_json(path):

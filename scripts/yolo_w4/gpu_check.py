@@ -4,9 +4,10 @@ A benchmark, not a test: run it wherever an NVIDIA GPU is at hand (a few minutes
 PyTorch's CUDA build and device; whether ONNX Runtime's CUDA provider loads with PyTorch
 imported (the torch env) and without it (an env built like envs/onnxruntime.yaml); the demo
 workflow with `device: cuda` (provider and precision of every ONNX Runtime job); FP16 vs
-FP32 parity; batch-1 and batch-8 latency of FP16 FP vs W4 QCDQ with and without
-`session.disable_quant_qdq`, on a seeded YOLOv10m (speed does not depend on training); and
-the default recipe's distillation and GPTQ time on CUDA. Every section runs on its own: one
+FP32 parity and CUDA vs CPU of FP, W4 per channel and W4 in groups of 32 (blocked
+DequantizeLinear, FP16 scales); batch-1 and batch-8 latency of FP16 FP vs both W4 QCDQ models
+(per channel with and without `session.disable_quant_qdq`), on a seeded YOLOv10m (speed does
+not depend on training); and the default build's PTQ time on CUDA. Every section runs on its own: one
 that fails is recorded with its error and the others still run. Without a GPU it says so in
 one line and exits 0.
 
@@ -25,6 +26,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (scripts/yolo_w4/ -> ../..)
+GROUP_SIZES = {"w4": None, "w4g32": 32}  # the W4 models timed: per channel and the default group-wise recipe's
+LABELS = {"fp": "FP", "w4": "W4 QCDQ", "w4g32": "W4 g32 QCDQ"}
 
 
 def torch_facts() -> dict:
@@ -170,16 +173,20 @@ class SeededModel:
             self._detectors[head] = load_detector(self.checkpoint, head, self.imgsz)
         return self._detectors[head]
 
-    def quantized(self, head: str):
-        """W4 per-channel round-to-nearest: the rounding method does not change the graph or its speed."""
+    def quantized(self, head: str, kind: str = "w4"):
+        """W4 round-to-nearest, per channel (`w4`) or in groups (`w4g32`, the default build's second
+        recipe): the rounding method does not change the graph or its speed."""
         from yolo_w4.config import default_recipe
         from yolo_w4.quantize import quantize_weights
 
-        if head not in self._quantized:
-            self._quantized[head] = quantize_weights(self.detector(head).model, default_recipe(weight_bits=4))
-        return self._quantized[head]
+        key = (head, kind)
+        if key not in self._quantized:
+            settings = default_recipe(weight_bits=4, group_size=GROUP_SIZES[kind])
+            self._quantized[key] = quantize_weights(self.detector(head).model, settings)
+        return self._quantized[key]
 
     def onnx(self, kind: str, precision: str, batch: int = 1, head: str = "one2one") -> Path:
+        """kind: fp, w4 (per channel, opset 17) or w4g32 (blocked DequantizeLinear, opset 21)."""
         from yolo_w4.export import export_fp, export_qcdq
 
         key = f"{kind}-{head}-{precision}-b{batch}"
@@ -189,7 +196,7 @@ class SeededModel:
             if kind == "fp":
                 export_fp(self.detector(head).model, path, self.imgsz, precision, batch)
             else:
-                export_qcdq(self.quantized(head), path, self.imgsz, precision, batch)
+                export_qcdq(self.quantized(head, kind), path, self.imgsz, precision, batch)
             self.export_seconds[key] = round(time.perf_counter() - started, 1)
             self.files[key] = path
         return self.files[key]
@@ -225,22 +232,24 @@ def parity(model: SeededModel, device: str = "cuda") -> dict:
     head = "one2many"
     x = model.batch(1)
     outputs, providers = {}, {}
-    for kind in ("fp", "w4"):
+    for kind in LABELS:
         for precision in ("fp32", "fp16"):
             key = f"{kind}-{precision}"
             output, record = _run(model.onnx(kind, precision, head=head), device, x)
             outputs[key], providers[key] = output.astype("float32"), record["provider_used"]
         outputs[f"{kind}-fp32-cpu"] = _run(model.onnx(kind, "fp32", head=head), "cpu", x)[0]
-    with torch.no_grad():
-        w4_torch = model.quantized(head)(torch.from_numpy(x)).numpy()
-    return {
-        "fp16_vs_fp32_cuda": compare_outputs(outputs["fp-fp32"], outputs["fp-fp16"], head),
-        "w4_fp16_vs_fp32_cuda": compare_outputs(outputs["w4-fp32"], outputs["w4-fp16"], head),
-        "fp32_cuda_vs_cpu": compare_outputs(outputs["fp-fp32-cpu"], outputs["fp-fp32"], head),
-        "w4_fp32_cuda_vs_cpu": compare_outputs(outputs["w4-fp32-cpu"], outputs["w4-fp32"], head),
-        "w4_fp32_cuda_vs_pytorch": compare_outputs(w4_torch, outputs["w4-fp32"], head),
-        "providers": providers,
-    }
+    result = {"providers": providers}
+    for kind in LABELS:
+        prefix = "" if kind == "fp" else f"{kind}_"
+        result[f"{prefix}fp16_vs_fp32_cuda"] = compare_outputs(outputs[f"{kind}-fp32"], outputs[f"{kind}-fp16"], head)
+        result[f"{prefix}fp32_cuda_vs_cpu"] = compare_outputs(
+            outputs[f"{kind}-fp32-cpu"], outputs[f"{kind}-fp32"], head
+        )
+        if kind != "fp":
+            with torch.no_grad():
+                fake_quant = model.quantized(head, kind)(torch.from_numpy(x)).numpy()
+            result[f"{prefix}fp32_cuda_vs_pytorch"] = compare_outputs(fake_quant, outputs[f"{kind}-fp32"], head)
+    return result
 
 
 def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int = 50, warmup: int = 10) -> list[dict]:
@@ -254,14 +263,14 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
     rows = []
     for batch in batches:
         x = model.batch(batch)
-        cases = [("fp", True), ("w4", True), ("w4", False)]
+        cases = [("fp", True), ("w4", True), ("w4", False), ("w4g32", True)]
         for kind, disable in cases:
             session, record = create_session(model.onnx(kind, "fp16", batch, head="one2many"), device, disable)
             feed = input_feed(session, x)
             stats = time_runs(lambda session=session, feed=feed: session.run(None, feed), runs, warmup)
             rows.append(
                 {
-                    "model": "FP16" if kind == "fp" else "W4 QCDQ FP16",
+                    "model": "FP16" if kind == "fp" else f"{LABELS[kind]} FP16",
                     "disable_quant_qdq": disable if kind == "w4" else None,
                     "batch": batch,
                     **stats,
@@ -273,13 +282,20 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
 
 
 def ptq_on_cuda(arch: str, device: str = "cuda", steps: int | None = None) -> dict:
-    """The default w4a16 recipe on CUDA: distil the config's synthetic images (`steps` overrides), then GPTQ on them."""
+    """The default build's PTQ on `device`, as the workflow runs it, on a seeded `arch`.
+
+    Each `build` recipe of config.yaml on calibration.max_images photos (the Ultralytics assets
+    repeated: the time does not depend on what the photos show), then the data-free fallback's
+    distillation (calibration.synthetic; `steps` overrides) for a folder without a spare photo.
+    """
+    import torch
+
     from yolo_w4.checkpoint import load_detector, unfused_model, unpickle_checkpoint
     from yolo_w4.config import load_config, recipe_settings
-    from yolo_w4.quantize import quantizable_layers, quantize_weights
-    from yolo_w4.recipe import apply_calibration
-    from yolo_w4.seeded import build_seeded_checkpoint
-    from yolo_w4.synthetic import as_calibration, synthesize_images
+    from yolo_w4.preprocess import load_input
+    from yolo_w4.recipe import run_recipe
+    from yolo_w4.seeded import asset_images, build_seeded_checkpoint
+    from yolo_w4.synthetic import synthesize_images
     from yolo_w4.torch_device import synchronize
 
     with tempfile.TemporaryDirectory() as folder:
@@ -288,33 +304,35 @@ def ptq_on_cuda(arch: str, device: str = "cuda", steps: int | None = None) -> di
         unfused = unfused_model(checkpoint, ckpt=ckpt)
         detector = load_detector(checkpoint, "one2one", 640, ckpt=ckpt)
     config = load_config()
+    photos = [torch.from_numpy(load_input(path, 640)[0]) for path in asset_images()]
+    count = config["calibration"]["max_images"]
+    images = [photos[i % len(photos)] for i in range(count)]
+    recipes = {}
+    for name in config["build"]:
+        settings = {**recipe_settings(config, name), "calibration_source": "images"}  # auto, on a folder with photos
+        synchronize(device)
+        started = time.perf_counter()
+        _, _, records = run_recipe(detector.model, settings, images=images, device=device)
+        synchronize(device)
+        recipes[name] = {"seconds": round(time.perf_counter() - started, 1), "quantized_convs": len(records or {})}
     synthetic = config["calibration"]["synthetic"]
-    images, steps = synthetic["images"], steps or synthetic["steps"]
+    steps = steps or synthetic["steps"]
     synchronize(device)
     started = time.perf_counter()
-    tensors = synthesize_images(
-        unfused, count=images, imgsz=640, steps=steps, lr=synthetic["lr"], batch=synthetic["batch"], device=device
-    )
+    synthesize_images(
+        unfused, count=synthetic["images"], imgsz=640, steps=steps, lr=synthetic["lr"], batch=synthetic["batch"],
+        device=device,
+    )  # fmt: skip
     synchronize(device)
-    synthesis = time.perf_counter() - started
-    settings = recipe_settings(config, "w4a16")  # the default recipe, as the workflow runs it
-    model = quantize_weights(detector.model, settings)
-    bits = {name: 4 for name in quantizable_layers(detector.model)}
-    started = time.perf_counter()
-    apply_calibration(detector.model, model, as_calibration(tensors), settings, bits, device=device)
-    synchronize(device)
-    gptq = time.perf_counter() - started
     return {
         "arch": arch,
         "device": device,
-        "images": images,
-        "steps": steps,
-        "batch": synthetic["batch"],
-        "synthesis_seconds": round(synthesis, 1),
-        "gptq_seconds": round(gptq, 1),
-        "total_seconds": round(synthesis + gptq, 1),
-        "quantized_convs": len(bits),
-    }
+        "calibration_images": count,
+        "recipes": recipes,
+        "build_seconds": round(sum(r["seconds"] for r in recipes.values()), 1),
+        "distillation": {"images": synthetic["images"], "steps": steps, "batch": synthetic["batch"],
+                         "seconds": round(time.perf_counter() - started, 1)},
+    }  # fmt: skip
 
 
 def table(result: dict) -> str:
@@ -354,13 +372,13 @@ def table(result: dict) -> str:
             )
         )
     par = result.get("parity", {})
-    for key, label in (
-        ("fp16_vs_fp32_cuda", "FP: FP16 vs FP32 (CUDA)"),
-        ("w4_fp16_vs_fp32_cuda", "W4 QCDQ: FP16 vs FP32 (CUDA)"),
-        ("fp32_cuda_vs_cpu", "FP: FP32 CUDA vs CPU"),
-        ("w4_fp32_cuda_vs_cpu", "W4 QCDQ: FP32 CUDA vs CPU"),
-        ("w4_fp32_cuda_vs_pytorch", "W4 QCDQ FP32 CUDA vs PyTorch fake-quant"),
-    ):
+    comparisons = []
+    for kind, name in LABELS.items():
+        prefix = "" if kind == "fp" else f"{kind}_"
+        comparisons += [(f"{prefix}fp16_vs_fp32_cuda", f"{name}: FP16 vs FP32 (CUDA)"),
+                        (f"{prefix}fp32_cuda_vs_cpu", f"{name}: FP32 CUDA vs CPU"),
+                        (f"{prefix}fp32_cuda_vs_pytorch", f"{name} FP32 CUDA vs PyTorch fake-quant")]  # fmt: skip
+    for key, label in comparisons:
         if key in par:
             p = par[key]
             rows.append(
@@ -385,17 +403,20 @@ def table(result: dict) -> str:
                 )
             )
     ptq = result.get("ptq_on_cuda", {})
-    if ptq:
-        rows.append(
-            (
-                f"default w4a16 on {ptq.get('device', 'cuda')} (seeded {Path(ptq.get('arch', '')).stem})",
-                ptq.get("error")
-                or (
-                    f"distillation {ptq['images']} images x {ptq['steps']} steps {ptq['synthesis_seconds']} s + GPTQ {ptq['gptq_seconds']} s "
-                    f"= {ptq['total_seconds']} s ({ptq['quantized_convs']} convs)"
-                ),
+    where = f"on {ptq.get('device', 'cuda')} (seeded {Path(ptq.get('arch', '')).stem})"
+    if "error" in ptq:
+        rows.append((f"default build's PTQ {where}", ptq["error"]))
+    elif ptq:
+        for name, recipe in ptq["recipes"].items():
+            rows.append(
+                (
+                    f"PTQ `{name}` {where}",
+                    f"{recipe['seconds']} s on {ptq['calibration_images']} photos ({recipe['quantized_convs']} convs)",
+                )
             )
-        )
+        distilled = ptq["distillation"]
+        rows.append((f"data-free fallback's distillation {where}",
+                     f"{distilled['images']} images x {distilled['steps']} steps: {distilled['seconds']} s"))  # fmt: skip
     if result.get("export_seconds"):
         rows.append(("exports (CPU, s)", ", ".join(f"{k} {v}" for k, v in result["export_seconds"].items())))
     lines = [f"| {a} | {b} |" for a, b in rows]

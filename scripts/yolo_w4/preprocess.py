@@ -13,6 +13,7 @@ import numpy as np
 from yolo_w4.errors import UserError
 
 PAD_VALUE = 114
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo; larger is a mistake or a decompression bomb, not a COCO image
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,13 @@ class Letterbox:
         return boxes
 
 
-def read_image(path) -> np.ndarray:
-    """BGR uint8 image, or one clear error if the file is missing or not an image."""
+def read_image(path, expected_hw: tuple | None = None) -> np.ndarray:
+    """BGR uint8 image in its stored pixel order, or one clear error if the file is missing or not an image.
+
+    EXIF orientation is ignored, as COCO's tools do: annotation boxes are in stored pixel order, and
+    a rotated decode would score boxes against a turned photo. expected_hw: the annotation's
+    (height, width); a photo of another size cannot match its boxes, so it is refused.
+    """
     if not Path(path).is_file():
         raise UserError(f"image not found: {path} (check `coco.images` / the image list in the config)")
     data = Path(path).read_bytes()
@@ -44,9 +50,20 @@ def read_image(path) -> np.ndarray:
         raise UserError(
             f"{path} is truncated ({truncated}); re-download or remove it, a partly decoded image would be scored"
         )
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise UserError(f"{path} is not a readable image (OpenCV could not decode it)")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise UserError(
+            f"{path} is {image.shape[1]}x{image.shape[0]} pixels, over the {MAX_PIXELS // 1_000_000}-megapixel bound "
+            "(at the network's input size it would be a blur); downscale it and its boxes, or remove it"
+        )
+    if expected_hw and tuple(expected_hw) != image.shape[:2]:
+        (height, width), (want_h, want_w) = image.shape[:2], expected_hw
+        raise UserError(
+            f"{path} is {width}x{height} pixels but its annotation (images[].width/height) says {want_w}x{want_h}; "
+            "its boxes would not fit: restore the original photo or fix the annotation"
+        )
     return image
 
 
@@ -80,7 +97,7 @@ def to_input(padded_bgr: np.ndarray, dtype=np.float32) -> np.ndarray:
     return (np.ascontiguousarray(rgb[None], dtype=np.float32) / 255.0).astype(dtype)
 
 
-def load_input(path, imgsz: int = 640, dtype=np.float32) -> tuple[np.ndarray, Letterbox]:
-    """Read an image file and return (input tensor, letterbox mapping)."""
-    padded, mapping = letterbox(read_image(path), imgsz)
+def load_input(path, imgsz: int = 640, dtype=np.float32, expected_hw=None) -> tuple[np.ndarray, Letterbox]:
+    """Read an image file and return (input tensor, letterbox mapping); expected_hw as `read_image`."""
+    padded, mapping = letterbox(read_image(path, expected_hw), imgsz)
     return to_input(padded, dtype), mapping

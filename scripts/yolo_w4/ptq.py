@@ -17,6 +17,8 @@ order, to reproduce the FP model's output from the *quantized* model's input: th
 already made upstream is compensated instead of carried on.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -153,25 +155,46 @@ def collect_input_stats(model, layers: dict, stage: int, calibration, second_mom
     return stats
 
 
-def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layers: dict) -> dict:
+class _Captured(Exception):
+    """Raised by a pre-hook once every conv being fitted has its input: the rest of the stage is not needed."""
+
+
+def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layers: dict, whole_stage=False) -> dict:
     """Input statistics of `q_layers` with the FP model's inputs to the same convs, image by image.
 
-    Both activation sets must stand at the stage holding the layers; neither advances.
+    Both activation sets must stand at the stage holding the layers; neither advances. Each
+    stage forward stops as soon as every layer has its input (what follows in the stage cannot
+    change it): upstream compensation fits a stage's convs one at a time, so this halves its
+    forward passes. whole_stage: run the stages to the end anyway (the statistics are the same).
     """
     stats = {name: InputStats(conv, second_moment=True) for name, conv in q_layers.items()}
-    reference = {}
+    reference, seen = {}, set()
+
+    def keep_reference(name, x):
+        reference[name] = x
+        if len(reference) == len(q_layers) and not whole_stage:
+            raise _Captured
+
+    def add_pair(name, x):
+        stats[name].add_pair(x, reference[name])
+        seen.add(name)
+        if len(seen) == len(q_layers) and not whole_stage:
+            raise _Captured
+
     handles = [
-        fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: reference.__setitem__(n, args[0])) for n in q_layers
+        fp_layers[n].register_forward_pre_hook(lambda m, args, n=n: keep_reference(n, args[0])) for n in q_layers
     ]
     handles += [
-        conv.register_forward_pre_hook(lambda m, args, n=n: stats[n].add_pair(args[0], reference[n]))
-        for n, conv in q_layers.items()
+        conv.register_forward_pre_hook(lambda m, args, n=n: add_pair(n, args[0])) for n, conv in q_layers.items()
     ]
     try:
         with torch.no_grad():
             for index in range(len(q_activations.states)):
-                fp_activations.module(fp_activations.inputs(index))
-                q_activations.module(q_activations.inputs(index))
+                reference.clear()
+                seen.clear()
+                for activations in (fp_activations, q_activations):
+                    with contextlib.suppress(_Captured):
+                        activations.module(activations.inputs(index))
     finally:
         for handle in handles:
             handle.remove()

@@ -215,9 +215,19 @@ def latency_stats(times_ms, warmup: int = 0) -> dict:
 
 
 def predict_images(
-    session, images: list[Path], head: str, imgsz: int, conf: float, iou: float, max_det: int, multi_label=True
+    session,
+    images: list[Path],
+    head: str,
+    imgsz: int,
+    conf: float,
+    iou: float,
+    max_det: int,
+    multi_label=True,
+    sizes: list | None = None,
 ):
     """Detections per image and the model-only latency (ms) of each, with a progress bar.
+
+    sizes: each image's (height, width) as its annotation states it; a photo of another size is refused.
 
     The next image is read and letterboxed on a second thread while the model runs (ONNX Runtime
     releases the GIL), so decoding costs the evaluation no wall time beside the model's own.
@@ -231,11 +241,12 @@ def predict_images(
 
     detections, latencies = [], []
     with ThreadPoolExecutor(max_workers=1) as reader:
-        upcoming = [reader.submit(load_input, path, imgsz) for path in images[:1]]
+        sizes = sizes or [None] * len(images)
+        upcoming = [reader.submit(load_input, images[0], imgsz, expected_hw=sizes[0])] if images else []
         for index in tqdm(range(len(images)), desc="images", unit="img", mininterval=2.0):
             tensor, mapping = upcoming.pop(0).result()
             if index + 1 < len(images):
-                upcoming.append(reader.submit(load_input, images[index + 1], imgsz))
+                upcoming.append(reader.submit(load_input, images[index + 1], imgsz, expected_hw=sizes[index + 1]))
             feed = input_feed(session, tensor)
             outputs = []
             timing = time_runs(

@@ -25,16 +25,16 @@ def subset_step(annotations, images, ids_out, annotations_out, *, max_images: in
 
 
 def calibration_step(
-    annotations, images, eval_subset, eval_images, output, *, max_images: int, image_ids_list=None
-) -> list[int]:
-    """Calibration ids: first `max_images` (or the list), checked against the evaluation subset."""
-    from yolo_w4.calibration import select_calibration
-    from yolo_w4.coco_subset import write_ids
+    images, output, *, max_images: int, annotations=None, eval_subset=None, eval_images=None, image_ids_list=None
+) -> dict:
+    """The calibration photos: first `max_images` of the folder (or the list) outside the evaluation subset."""
+    from yolo_w4.calibration import select_calibration, write_calibration
 
-    ids = select_calibration(annotations, images, max_images, image_ids_list, eval_subset, eval_images)
-    write_ids(output, ids)
-    print(f"calibration: {len(ids)} images from {annotations}, none among the evaluation images")
-    return ids
+    chosen = select_calibration(images, max_images, annotations, image_ids_list, eval_subset, eval_images)
+    record = write_calibration(output, images, chosen, annotations, eval_subset)
+    order = "listed ids" if image_ids_list else "by id" if annotations else "by file name"
+    print(f"calibration: {len(chosen)} photos of {images} ({order}), none among the evaluation images")
+    return record
 
 
 def probe_step(output, *, device: str, precision: str, config=None) -> dict:
@@ -85,7 +85,7 @@ def evaluate_step(
     A label-free subset (no annotations) gets detections and empty metrics; its category ids
     are the model's class indices, named in the record's `categories` for the report.
     """
-    from yolo_w4.coco_subset import image_paths, is_label_free, labels_kind, load_coco, read_ids
+    from yolo_w4.coco_subset import annotated_sizes, image_paths, is_label_free, labels_kind, load_coco, read_ids
     from yolo_w4.evaluate import METRIC_NAMES, category_ids, score, to_coco_results
     from yolo_w4.runtime import create_session, latency_stats, predict_images
 
@@ -98,7 +98,10 @@ def evaluate_step(
     model = exported["checkpoint"]
     cat_ids = category_ids(coco, model["classes"]) if labelled else list(range(model["classes"]))
     images_in_order = [files[i] for i in ids]
-    detections, latencies = predict_images(session, images_in_order, head, imgsz, conf, iou, max_det, multi_label)
+    sizes = annotated_sizes(coco)
+    detections, latencies = predict_images(
+        session, images_in_order, head, imgsz, conf, iou, max_det, multi_label, sizes=[sizes.get(i) for i in ids]
+    )
     results = to_coco_results(ids, detections, cat_ids)
     metrics = score(coco, results, ids) if labelled else dict.fromkeys(METRIC_NAMES)
     record = {
@@ -130,6 +133,7 @@ def evaluate_step(
         "bits_per_weight": exported.get("bits_per_weight"),
         "settings": describe_settings(exported.get("settings")),
         "ptq_seconds": (exported.get("settings") or {}).get("ptq_seconds"),
+        "calibration": calibration_summary(exported.get("settings")),
         "random_weights": (exported.get("checkpoint") or {}).get("random_weights"),
         "trusted_load": (exported.get("checkpoint") or {}).get("trusted_load"),
         "inputs": input_record({"onnx": onnx_path, "annotations": annotations, "image_ids": ids_file}),
@@ -144,6 +148,19 @@ def evaluate_step(
     else:
         print(f"{variant}: {len(results)} detections on {len(ids)} images (no annotations: scored by agreement)")
     return record
+
+
+def calibration_summary(settings: dict | None) -> dict | None:
+    """What a quantized model was fitted to (metrics JSON, report notes); None for an FP or uncalibrated model."""
+    if not settings or not settings.get("calibration_image_count"):
+        return None
+    return {
+        "source": settings["calibration_source"],
+        "reason": settings.get("calibration_source_reason"),
+        "count": settings["calibration_image_count"],
+        "photos": settings.get("calibration_photos"),  # real photos: folder, ids, record sha256, the rule
+        "synthetic_images_sha256": settings.get("synthetic_images_sha256"),
+    }
 
 
 def latency_step(

@@ -156,9 +156,30 @@ def report_notes(metrics: dict, latency: dict, resamples: int, labelled: bool = 
         notes.append(
             f"Not comparable like for like: models were scored or timed on different providers or precisions ({used})."
         )
+    notes += calibration_notes(metrics)
     reasons = {
         r.get("cuda_reason") for r in metrics.values() if r.get("cuda_reason") and r.get("cuda_reason") != "device: cpu"
     }
     if reasons:
         notes.append(f"CUDA was asked for (device: auto) but not used: {'; '.join(sorted(reasons))}.")
     return notes
+
+
+def calibration_notes(metrics: dict) -> list[str]:
+    """One note per calibration a run used: which variants, fitted to what, never an evaluation image."""
+    grouped = {}
+    for variant, record in metrics.items():
+        calibration = record.get("calibration")
+        if not calibration:
+            continue
+        photos = calibration.get("photos")
+        if calibration["source"] == "synthetic":
+            what = f"{calibration['count']} images distilled from the checkpoint's BatchNorm statistics (no real photo)"
+        else:
+            what = f"{calibration['count']} real photos of {photos['images']}, none of them an evaluation image"
+            if photos.get("ids"):
+                what += f" (COCO ids {photos['ids'][0]}…{photos['ids'][-1]})"
+        if calibration.get("reason"):
+            what += f"; calibration_source {calibration['reason']}"
+        grouped.setdefault(what, []).append(variant)
+    return [f"Calibration of {', '.join(variants)}: {what}." for what, variants in grouped.items()]

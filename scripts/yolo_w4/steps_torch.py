@@ -17,15 +17,15 @@ from yolo_w4.seeded import build_seeded_checkpoint
 from yolo_w4.smoke import smoke_test
 
 
-def calibration_tensors(annotations, images_dir, ids_file, imgsz: int, limit: int | None = None) -> list:
-    """The calibration images (ids from calibration_subset), letterboxed like evaluation images, as (1, 3, imgsz, imgsz) tensors."""
+def calibration_tensors(calibration, imgsz: int, limit: int | None = None) -> list:
+    """The photos of a calibration record (rule calibration_subset), letterboxed like evaluation images,
+    as (1, 3, imgsz, imgsz) tensors."""
     import torch
 
-    from yolo_w4.coco_subset import image_paths, load_coco, read_ids
+    from yolo_w4.calibration import calibration_files
     from yolo_w4.preprocess import load_input
 
-    files = image_paths(load_coco(annotations), images_dir)
-    return [torch.from_numpy(load_input(files[i], imgsz)[0]) for i in read_ids(ids_file)[:limit]]
+    return [torch.from_numpy(load_input(path, imgsz)[0]) for path in calibration_files(calibration, limit)]
 
 
 def _torch_threads() -> int:
@@ -136,9 +136,12 @@ def quantize_step(
         settings["synthesis_seconds"] = synthesis["settings"]["seconds"]  # counted in ptq_seconds below
         settings["synthetic_images_sha256"] = sha256(synthetic)
     elif needs_calibration(settings):
-        images = calibration_tensors(
-            calibration["annotations"], calibration["images"], calibration["ids"], imgsz, calibration.get("limit")
-        )
+        from yolo_w4.calibration import describe_calibration
+
+        images = calibration_tensors(calibration["record"], imgsz, calibration.get("limit"))
+        settings["calibration_photos"] = describe_calibration(calibration["record"])
+    if settings.get("calibration_source_reason"):
+        print(f"{variant}: calibration_source {settings['calibration_source_reason']}")
     if images is not None:
         settings["calibration_image_count"] = len(images)
     ranking = read_sensitivity(sensitivity) if settings["mixed"] else None
@@ -162,18 +165,18 @@ def quantize_step(
 
 
 def sensitivity_step(
-    checkpoint, calibration: dict, table, plot, *, head: str, imgsz: int, images_used: int, device: str, trust=False
+    checkpoint, calibration, table, plot, *, head: str, imgsz: int, images_used: int, device: str, trust=False
 ) -> list:
-    """Layer sensitivity ranking -> CSV + plot. device (auto | cpu | cuda): where the forward passes run."""
+    """Layer sensitivity ranking -> CSV + plot, on the first `images_used` photos of the calibration record.
+
+    device (auto | cpu | cuda): where the forward passes run."""
     from yolo_w4.plots import plot_sensitivity
     from yolo_w4.sensitivity import layer_sensitivity, write_sensitivity
     from yolo_w4.torch_device import resolve_torch_device
 
     device = resolve_torch_device(device)
     detector = load_detector(checkpoint, head, imgsz, trust=trust)
-    images = calibration_tensors(
-        calibration["annotations"], calibration["images"], calibration["ids"], imgsz, images_used
-    )
+    images = calibration_tensors(calibration, imgsz, images_used)
     model = detector.model.to(device)
     rows = layer_sensitivity(model, [image.to(device) for image in images], imgsz)
     model.to("cpu")
