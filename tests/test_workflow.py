@@ -423,3 +423,42 @@ def test_without_annotations_every_model_is_scored_by_agreement_with_fp(tmp_path
         assert (results / "report" / "detections" / "yolov5n-v6.1-coco-legacy-w4a16_rtn.png").stat().st_size > 5000
     finally:
         shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["COCO folder", "own photos, no labels"])
+def test_default_build_calibrates_on_the_evaluation_folders_other_photos(tmp_path, labelled):
+    """A config naming only a checkpoint and a photo folder: both default recipes (config.yaml's `build`)
+    calibrate on the folder's photos after the evaluation subset, never on one of its images."""
+    import torch
+
+    run_id = f"pytest-default-build-{'coco' if labelled else 'own'}"
+    shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
+    images = shared(*VAL_IMAGES)
+    coco = {"images": str(images), "annotations": str(shared(*VAL_ANNOTATIONS)) if labelled else None, "max_images": 2}
+    config = {**small_config(run_id, coco=coco, calibration={"max_images": 3}), "imgsz": 64}
+    build = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["build"]
+    assert build == ["w4a16", "w4a16_g32"], "the default build: per channel and groups of 32"
+    results = ROOT / "results" / run_id
+    targets = [f"{results.relative_to(ROOT)}/quantized/yolov10n-seed0-{v}-ptq.pt" for v in build]
+    try:
+        result = snakemake(*targets, config=config, tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        subset = json.loads((results / "coco" / "annotations.json").read_text())
+        evaluated = {image["file_name"] for image in subset["images"]}
+        if labelled:  # id order: COCO file names are the ids
+            expected = sorted(i["id"] for i in json.loads(shared(*VAL_ANNOTATIONS).read_text())["images"])[2:5]
+        else:
+            expected = [p.name for p in sorted(images.glob("*.jpg"))[2:5]]
+        for variant in build:
+            settings = torch.load(results / "quantized" / f"yolov10n-seed0-{variant}-ptq.pt", weights_only=True)[
+                "settings"
+            ]
+            photos = settings["calibration_photos"]
+            assert settings["calibration_source"] == "images" and settings["calibration_image_count"] == 3
+            assert settings["calibration_source_reason"].startswith("auto: real photos, since ")
+            assert photos["images"] == str(images) and photos["rule"].startswith("no calibration photo is")
+            assert (photos["ids"] if labelled else photos["file_names"]) == expected, variant
+        record = json.loads((results / "calibration" / "images.json").read_text())
+        assert not set(record["file_names"]) & evaluated and len(record["file_names"]) == 3
+    finally:
+        shutil.rmtree(ROOT / "results" / run_id, ignore_errors=True)
