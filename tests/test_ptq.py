@@ -10,9 +10,10 @@ from test_legacy_yolov5 import YOLOV5N
 from yolo_w4.checkpoint import load_detector
 from yolo_w4.config import default_recipe
 from yolo_w4.errors import UserError
+from yolo_w4.grid import integer_range
 from yolo_w4.parity import sqnr_db
 from yolo_w4.preprocess import load_input
-from yolo_w4.ptq import collect_input_stats, gptq, integer_range, output_aware_scale
+from yolo_w4.ptq import collect_input_stats, gptq, output_aware_scale
 from yolo_w4.quantize import conv_layers, quantizable_layers, quantization_summary, quantize_weights
 from yolo_w4.recipe import apply_calibration
 from yolo_w4.sensitivity import choose_high_precision, dense_output, layer_sensitivity

@@ -17,13 +17,10 @@ The last group of a row may be shorter (ceil groups), as blocked DequantizeLinea
 from collections import namedtuple
 
 import torch
-import torch.nn.functional as F
 
-from yolo_w4.ptq import integer_range, round_to_grid
-from yolo_w4.quantize import fp16_exact
+from yolo_w4.grid import group_scales, integer_range
 
 QuantWeight = namedtuple("QuantWeight", "value scale")
-MSE_RATIOS = torch.linspace(0.3, 1.0, 71)  # clipping ratios of the max searched by `scale: mse`
 
 
 class GroupQuantProxy:
@@ -36,28 +33,6 @@ class GroupQuantProxy:
 
     def bit_width(self) -> torch.Tensor:
         return torch.tensor(float(self.bits))
-
-
-def group_scales(weight: torch.Tensor, group_size: int, bits: int, narrow_range: bool, method: str) -> torch.Tensor:
-    """(out, groups) scales of a conv weight: max |w| / qmax per group (minmax), or the clipped max
-    with the least squared weight error (mse); every scale an FP16 value (`fp16_exact`)."""
-    qmin, qmax = integer_range(bits, narrow_range)
-    rows = weight.detach().reshape(weight.shape[0], -1).float()
-    width = rows.shape[1]
-    groups = -(-width // group_size)
-    padded = F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
-    amax = padded.abs().amax(-1).clamp_min(1e-8)
-    if method == "minmax":
-        return fp16_exact(amax / qmax)
-    best_error = torch.full_like(amax, float("inf"))
-    best = fp16_exact(amax / qmax)
-    for ratio in MSE_RATIOS.to(weight.device):
-        scale = fp16_exact(amax * ratio / qmax)
-        error = (padded - round_to_grid(padded, scale.unsqueeze(-1), qmin, qmax)).pow(2).sum(-1)
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best = torch.where(better, scale, best)
-    return best
 
 
 class GroupQuantConv2d(torch.nn.Conv2d):

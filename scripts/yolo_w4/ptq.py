@@ -22,6 +22,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from yolo_w4.grid import integer_range, round_to_grid
 from yolo_w4.quantize import conv_layers, round_scales_to_fp16
 
 
@@ -199,16 +200,6 @@ def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layer
         for handle in handles:
             handle.remove()
     return stats
-
-
-def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Round to nearest on the grid scale * [qmin, qmax] (scale broadcast over the weight)."""
-    return torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
-
-
-def integer_range(bits: int, narrow_range: bool) -> tuple[int, int]:
-    high = 2 ** (bits - 1) - 1
-    return (-high if narrow_range else -high - 1), high
 
 
 def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_order: bool = True, block: int = 128):

@@ -12,10 +12,8 @@ import fnmatch
 import torch
 
 from yolo_w4.errors import UserError
-
-# Scales and the biases of quantized convs are FP16 values (held in FP32 tensors): the files store
-# them in 16 bits without changing an output, and an FP16 runtime uses exactly the calibrated ones.
-FP16_TINY, FP16_MAX = 2.0**-14, 65504.0  # smallest normal, largest finite FP16 value
+from yolo_w4.grid import FP16_MAX, fp16_exact
+from yolo_w4.groupwise import swap_in_groupwise
 
 # The DFL conv is a fixed arange(16) projection that decodes box distributions; quantizing it
 # shifts every box, and it is not a learned weight.
@@ -50,11 +48,6 @@ def weight_quantizer(bits: int, scale: str, symmetric: bool, narrow_range: bool)
     return base.let(
         bit_width=int(bits), narrow_range=bool(narrow_range), scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS
     )
-
-
-def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
-    """Scales rounded to FP16 values, at least FP16's smallest normal (FP32 tensor)."""
-    return scale.clamp(FP16_TINY, FP16_MAX).half().float()
 
 
 def round_scales_to_fp16(module) -> None:
@@ -134,8 +127,6 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
     quantized = copy.deepcopy(model)
     bits_of = layer_bit_widths(settings, selected)
     if settings.get("group_size"):
-        from yolo_w4.groupwise import swap_in_groupwise
-
         swap_in_groupwise(
             quantized, selected, bits_of, settings["group_size"], settings["narrow_range"], settings["scale"]
         )

@@ -16,7 +16,8 @@ import random
 import torch
 import torch.nn.functional as F
 
-from yolo_w4.ptq import StagedActivations, integer_range, stage_of
+from yolo_w4.grid import integer_range
+from yolo_w4.ptq import StagedActivations, stage_of
 from yolo_w4.quantize import conv_layers
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch

@@ -11,8 +11,8 @@ import csv
 import torch
 
 from yolo_w4.files import atomic_path
+from yolo_w4.grid import integer_range, round_to_grid
 from yolo_w4.parity import sqnr_db
-from yolo_w4.ptq import integer_range, round_to_grid
 from yolo_w4.quantize import conv_layers, quantizable_layers
 
 
