@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from yolo_w4.calibration import calibration_folder, resolve_calibration_source, spare_photos  # noqa: E402
+from yolo_w4.coco_subset import check_report_image  # noqa: E402
 from yolo_w4.config import (  # noqa: E402
     needs_calibration,
     needs_synthetic,
@@ -71,6 +72,15 @@ if not Path(COCO["images"]).is_dir() and COCO["images"] != ASSETS and "images" n
     fail(f"COCO images folder not found: {COCO['images']} (set `coco.images` in the config)")
 if COCO["image_ids_list"] and not Path(COCO["image_ids_list"]).is_file():
     fail(f"image id list not found: {COCO['image_ids_list']} (config key `coco.image_ids_list`)")
+if (
+    config["report"]["image_id"] is not None
+    and COCO["images"] != ASSETS
+    and not DOWNLOADS.keys() & {"images", "annotations"}
+):
+    try:
+        check_report_image(config["report"]["image_id"], COCO)
+    except UserError as error:
+        fail(error)
 
 
 def download_path(key):

@@ -203,6 +203,17 @@ def test_lint_is_clean():
             {"coco": {"images": "results", "annotations": None, "max_images": 4, "image_ids_list": "ids.txt"}},
             "error: invalid config at coco.image_ids_list: ids are COCO image ids, which need coco.annotations",
         ),
+        (  # small_config evaluates the first 4 val ids: 139 is the first, 9999 not among them
+            {"report": {"image_id": 9999}},
+            "error: report.image_id 9999 is not an image of the evaluation subset (the subset's ids are 139…",
+        ),
+        (
+            {
+                "report": {"image_id": 5},
+                "coco": {"images": str(shared(*VAL_IMAGES)), "annotations": None, "max_images": 4},
+            },
+            "error: report.image_id 5 is not an image of the evaluation subset (the label-free subset numbers its 4",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job_with_one_line(tmp_path, override, message):

@@ -27,6 +27,7 @@ COLUMNS = (
     "variant",
     "bits_per_weight",
     "mAP50_95",
+    "delta_mAP50_95",
     "retained_pct_mAP50_95",
     "delta_mAP50_95_ci_low",
     "delta_mAP50_95_ci_high",

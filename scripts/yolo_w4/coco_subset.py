@@ -137,6 +137,23 @@ def select_image_ids(coco: dict, max_images: int, id_list=None, annotations_path
     return known[:max_images]
 
 
+def check_report_image(image_id: int, coco_config: dict) -> None:
+    """`report.image_id` must be an image of the evaluation subset: checked before any job runs, not after
+    every costly one (draw_detections draws it). A label-free subset numbers its files 1..max_images."""
+    annotations, id_list = coco_config["annotations"], coco_config["image_ids_list"]
+    if annotations is None:
+        count = min(coco_config["max_images"], len(image_files(coco_config["images"])))
+        ids, where = range(1, count + 1), f"the label-free subset numbers its {count} photos 1..{count}"
+    else:
+        ids = select_image_ids(load_coco(annotations), coco_config["max_images"], id_list, annotations)
+        where = f"the subset's ids are {ids[0]}…{ids[-1]} ({len(ids)}; coco/image_ids.txt)" if ids else "no ids"
+    if image_id not in ids:
+        raise UserError(
+            f"report.image_id {image_id} is not an image of the evaluation subset ({where}); "
+            "pick one of them, or null for the image with the most objects"
+        )
+
+
 def subset(coco: dict, image_ids: list[int]) -> dict:
     """The annotation file restricted to `image_ids` (all categories kept)."""
     keep = set(image_ids)
