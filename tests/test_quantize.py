@@ -128,3 +128,22 @@ def test_state_dict_refuses_a_different_checkpoint(detector, tmp_path):
     other = build_seeded_checkpoint(tmp_path / "other.pt", "yolov10n.yaml", seed=1)
     with pytest.raises(UserError, match="was made from a checkpoint with sha256"):
         load_quantized(tmp_path / "w4.pt", other)
+
+
+def test_importing_the_quantizer_says_nothing_a_user_cannot_act_on():
+    """Brevitas' absent-Hadamard-kernel warning and PyTorch's "No CUDA runtime" log line are silenced."""
+    import subprocess
+    import sys
+
+    code = "import yolo_w4.quantize, brevitas.nn; from brevitas.graph.quantize import layerwise_quantize"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
+
+
+def test_keep_float_globs_that_match_nothing_warn_and_those_that_leave_nothing_stop(detector, capsys):
+    model = quantize_weights(detector.model, default_recipe(keep_float=["model.0.conv", "model.99.*"]))
+    bits = {layer["name"]: layer["bits"] for layer in quantization_summary(model)["layers"]}
+    assert bits["model.0.conv"] is None and bits["model.1.conv"] == 4
+    assert "warning: keep_float 'model.99.*' matches no conv of this model" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"keep_float \['model\.\*'\] leaves no conv to quantize"):
+        quantize_weights(detector.model, default_recipe(keep_float=["model.*"]))

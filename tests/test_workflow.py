@@ -203,6 +203,10 @@ def test_lint_is_clean():
             {"coco": {"images": "results", "annotations": None, "max_images": 4, "image_ids_list": "ids.txt"}},
             "error: invalid config at coco.image_ids_list: ids are COCO image ids, which need coco.annotations",
         ),
+        (
+            {"variants": {"w4k": {"keep_float": ["model.0.conv", "*"]}}},
+            "error: invalid config at variants.w4k.keep_float: '*' matches every layer name, so no conv is left",
+        ),
         (  # small_config evaluates the first 4 val ids: 139 is the first, 9999 not among them
             {"report": {"image_id": 9999}},
             "error: report.image_id 9999 is not an image of the evaluation subset (the subset's ids are 139…",

@@ -7,6 +7,7 @@ Errors are one line: which key, what is wrong, where the allowed values are desc
 """
 
 import copy
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import jsonschema
@@ -150,6 +151,12 @@ def default_recipe(**overrides) -> dict:
 def check_variant(name: str, settings: dict) -> None:
     """Combinations the schema cannot express, refused in one line."""
     where = f"invalid config at variants.{name}"
+    everything = [glob for glob in settings["keep_float"] if all(fnmatchcase(n, glob) for n in ("model.0.conv", "x"))]
+    if everything:
+        raise UserError(
+            f"{where}.keep_float: {everything[0]!r} matches every layer name, so no conv is left to quantize; "
+            "name the layers to keep in floating point, e.g. ['model.0.conv']"
+        )
     if settings["method"] == "gptq" and not settings["symmetric"]:
         raise UserError(f"{where}: method gptq needs symmetric: true (its grid has no zero point)")
     if settings["calibration_source"] == "synthetic" and not calibrated(settings):

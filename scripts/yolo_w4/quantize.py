@@ -120,6 +120,12 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("quantize in FP32 and cast afterwards: the model passed in is not FP32")
     selected = quantizable_layers(model, settings["keep_float"])
+    names = list(conv_layers(model))
+    for glob in settings["keep_float"]:
+        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+            print(f"warning: keep_float {glob!r} matches no conv of this model (its convs are named like {names[0]!r})")
+    if not selected:
+        raise UserError(f"keep_float {settings['keep_float']} leaves no conv to quantize; name fewer layers")
     layer_bits = settings.get("layer_bits") or {}
     unknown = sorted(set(layer_bits) - set(selected))
     if unknown:
