@@ -265,19 +265,20 @@ def left_behind(run: Path, checkpoint_was_bad: bool) -> list:
     return [p for p in run.rglob("*") if "metrics" in p.parts or (checkpoint_was_bad and p.suffix in (".pt", ".onnx"))]
 
 
+def cli_error(argv: list, cwd, pattern: str) -> None:
+    """`python -m yolo_w4 ARGV` ends with exit 2 and one error line matching `pattern`, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "yolo_w4", *argv], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert re.match(f"error: {pattern}", lines[0]), lines[0]
+
+
 @pytest.mark.parametrize(("case", "maker", "pattern"), CLI_ROWS, ids=[row[0] for row in CLI_ROWS])
 def test_cli_bad_input(case, maker, pattern, tmp_path, seeded_checkpoint):
     checkpoint = maker if isinstance(maker, str) else str(maker(tmp_path, seeded_checkpoint))
-    done = subprocess.run(
-        [sys.executable, "-m", "yolo_w4", "quantize", "--checkpoint", checkpoint, "--out", "w4.pt"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
-    assert re.match(f"error: {pattern}", lines[0]), lines[0]
+    cli_error(["quantize", "--checkpoint", checkpoint, "--out", "w4.pt"], tmp_path, pattern)
     assert not (tmp_path / "w4.pt").exists() and not (tmp_path / "pwned").exists()
 
 
@@ -286,12 +287,7 @@ def test_cli_bad_arguments(case, maker, pattern, tmp_path, seeded_checkpoint):
     """Outputs that would replace an input or a special file, flags and configs the schema refuses."""
     argv = maker(tmp_path, seeded_checkpoint)
     before = snapshot(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "yolo_w4", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert re.match(f"error: {pattern}", lines[0]), lines[0]
+    cli_error(argv, tmp_path, pattern)
     assert snapshot(tmp_path) == before, "inputs intact, nothing written"
 
 
@@ -477,16 +473,7 @@ def test_smoke_refuses_an_onnx_that_is_not_what_it_is_said_to_be(
 ):
     onnx_path = maker(fp_onnx, tmp_path)
     argv = ["smoke", "--checkpoint", str(seeded_checkpoint), "--onnx", str(onnx_path), "--imgsz", "64"]
-    done = subprocess.run(
-        [sys.executable, "-m", "yolo_w4", *argv, "--device", "cpu", *flags, "--out", "smoke.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
-    assert re.match(f"error: {pattern}", lines[0]), lines[0]
+    cli_error([*argv, "--device", "cpu", *flags, "--out", "smoke.json"], tmp_path, pattern)
     assert not (tmp_path / "smoke.json").exists()
 
 
