@@ -279,3 +279,20 @@ def test_ultralytics_reads_our_onnx_files_as_a_client(tmp_path, checkpoint, head
     assert packed["yolo_w4_recipe"].startswith("W4 rtn, minmax sym narrow")
     fp = read_metadata(onnx.load(str(tmp_path / "fp.onnx")))
     assert float(fp["yolo_w4_bits_per_weight"]) == 32.0 and fp["yolo_w4_recipe"] == "FP (no quantization)"
+
+
+def test_the_deltas_table_says_n_a_where_there_is_no_interval_to_give():
+    """No delta (no labels scored), or a single image (nothing to resample): no [0.0000, 0.0000] pretending to be one."""
+    from yolo_w4.deltas import COMPACT_COLUMNS, SUMMARY_COLUMNS, summary_table
+
+    def row(variant, delta, low, high, images):
+        return {"variant": variant, "mAP50_95": 0.3, "delta_mAP50_95": delta, "delta_mAP50_95_ci_low": low,
+                "delta_mAP50_95_ci_high": high, "images": images, "retained_pct_mAP50_95": 90.0,
+                "size_ratio": 0.14, "latency_ratio": 1.0}  # fmt: skip
+
+    rows = [row("w4", -0.03, -0.04, -0.02, 100), row("none", None, 0.0, 0.0, 100), row("one", -0.03, 0.0, 0.0, 1)]
+    header, cells = summary_table(rows, COMPACT_COLUMNS)
+    delta = header.index("Δ [95% CI]")
+    assert [c[delta] for c in cells] == ["-0.030 [-0.040, -0.020]", "n/a", "-0.030 n/a: too few images"]
+    interval = dict(SUMMARY_COLUMNS)["95% CI of Δ"]
+    assert [interval(r) for r in rows] == ["[-0.0400, -0.0200]", "n/a", "n/a: too few images"]

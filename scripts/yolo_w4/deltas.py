@@ -78,6 +78,19 @@ def _agreement_interval(r) -> str:
     return f" [{_fmt(r['agreement_ci_low'])}, {_fmt(r['agreement_ci_high'])}]"
 
 
+def _delta_interval(r, digits: int) -> str:
+    """'[low, high]' of the mAP50-95 delta; n/a where there is no delta, or one image (no spread to resample)."""
+    if r["delta_mAP50_95"] is None or r["delta_mAP50_95_ci_low"] is None:
+        return "n/a"
+    if r["images"] < 2:
+        return "n/a: too few images"
+    return f"[{_fmt(r['delta_mAP50_95_ci_low'], digits)}, {_fmt(r['delta_mAP50_95_ci_high'], digits)}]"
+
+
+def _compact_interval(r) -> str:
+    return "" if r["delta_mAP50_95"] is None else f" {_delta_interval(r, 3)}"
+
+
 SUMMARY_COLUMNS = (
     ("model", lambda r: r["variant"]),
     ("settings", lambda r: r["settings"] or ""),
@@ -89,14 +102,7 @@ SUMMARY_COLUMNS = (
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     ("mAP50", lambda r: _fmt(r["mAP50"])),
     ("Δ mAP50-95", lambda r: _fmt(r["delta_mAP50_95"], 4) if r["variant"] != FP else "—"),
-    (
-        "95% CI of Δ",
-        lambda r: (
-            f"[{_fmt(r['delta_mAP50_95_ci_low'], 4)}, {_fmt(r['delta_mAP50_95_ci_high'], 4)}]"
-            if r["variant"] != FP
-            else "—"
-        ),
-    ),
+    ("95% CI of Δ", lambda r: _delta_interval(r, 4) if r["variant"] != FP else "—"),
     ("% of FP mAP50-95", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     (
         "agreement mAP50-95 / mAP50 [95% CI]",
@@ -118,11 +124,7 @@ COMPACT_COLUMNS = (
     ("mAP50-95", lambda r: _fmt(r["mAP50_95"])),
     (
         "Δ [95% CI]",
-        lambda r: (
-            f"{_fmt(r['delta_mAP50_95'], 3)} [{_fmt(r['delta_mAP50_95_ci_low'], 3)}, {_fmt(r['delta_mAP50_95_ci_high'], 3)}]"
-            if r["variant"] != FP
-            else "—"
-        ),
+        lambda r: "—" if r["variant"] == FP else _fmt(r["delta_mAP50_95"], 3) + _compact_interval(r),
     ),
     ("% of FP", lambda r: _fmt(r["retained_pct_mAP50_95"], 1, "%")),
     ("size", lambda r: _fmt(r["size_ratio"], 2, "×")),
