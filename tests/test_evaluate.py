@@ -296,3 +296,16 @@ def test_the_deltas_table_says_n_a_where_there_is_no_interval_to_give():
     assert [c[delta] for c in cells] == ["-0.030 [-0.040, -0.020]", "n/a", "-0.030 n/a: too few images"]
     interval = dict(SUMMARY_COLUMNS)["95% CI of Δ"]
     assert [interval(r) for r in rows] == ["[-0.0400, -0.0200]", "n/a", "n/a: too few images"]
+
+
+def test_report_says_that_weights_under_4_bits_are_stored_as_int4():
+    from yolo_w4.names import FP
+    from yolo_w4.steps_report import report_notes
+
+    base = {"images": 4, "image_ids_sha256": "0" * 64, "head": "one2one", "conf": 0.001, "iou": None,
+            "provider_used": "CPUExecutionProvider", "precision": "fp32"}  # fmt: skip
+    metrics = {FP: base, "w4a16": {**base, "weight_bits": 4}, "w3a16": {**base, "weight_bits": 3}}
+    latency = {"method": "interleaved", "images": ["a.jpg"], "rounds": 1,
+               "models": {name: {"provider_used": "CPUExecutionProvider"} for name in metrics}}  # fmt: skip
+    notes = [n for n in report_notes(metrics, latency, 10) if "stored as INT4" in n]
+    assert notes and notes[0].startswith("w3a16: fewer than 4 bits per integer") and "w4a16" not in notes[0]

@@ -137,6 +137,12 @@ def report_notes(metrics: dict, latency: dict, resamples: int, labelled: bool = 
         "Size vs FP: the INT4 file (4-bit weights packed two per byte, opset 21) where a variant has one, "
         "else its ONNX file; QCDQ keeps 4-bit weights in int8."
     )
+    narrow = sorted(name for name, r in metrics.items() if r.get("weight_bits") and r["weight_bits"] < 4)
+    if narrow:
+        notes.append(
+            f"{', '.join(narrow)}: fewer than 4 bits per integer, stored as INT4 all the same (ONNX has no narrower "
+            "type): their bits/weight says how many integers the grid has, their files are a 4-bit model's size."
+        )
     notes.append(
         f"Latency: {latency['method']}; {len(latency['images'])} images x {latency['rounds']} rounds, "
         f"batch 1, model only (no pre/post-processing)."
