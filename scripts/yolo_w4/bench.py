@@ -158,7 +158,8 @@ def bench(workdir: Path, out: Path, variants: list[str], cores: int, images: int
     for name in variants:
         calibration = metrics[name].get("calibration") or {}
         if metrics[name].get("ptq_seconds") is not None:
-            fitted = f"{calibration['count']} {calibration['source']} images" if calibration else "no images"
+            kinds = {"images": "real photos", "synthetic": "distilled images"}
+            fitted = f"{calibration['count']} {kinds[calibration['source']]}" if calibration else "no images"
             rows.append({"what": f"PTQ inside quantize_weights {name}", "value": metrics[name]["ptq_seconds"],
                          "unit": "s", "note": f"the recipe alone, fitted to {fitted}"})  # fmt: skip
         int4 = results / "onnx" / f"{MODEL}-{name}-int4-ptq.json"
