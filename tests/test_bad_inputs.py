@@ -445,7 +445,25 @@ def restamped(key: str, value: str):
     return make
 
 
+def tampered(onnx_path: Path, folder: Path) -> Path:
+    """A copy of the FP ONNX, metadata intact, whose largest weight has its sign flipped: no longer its checkpoint."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    largest = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    largest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(largest), largest.name))
+    onnx.save(model, folder / "tampered.onnx")
+    return folder / "tampered.onnx"
+
+
 SMOKE_ROWS = [  # (id, ONNX maker(fp onnx, folder), extra flags, expected error line regex)
+    (
+        "ONNX whose weights changed after export",
+        tampered,
+        [],
+        r".*tampered\.onnx is not a faithful export of this checkpoint and variant: only 0 of its \d+ output rows match",
+    ),
     (
         "FP ONNX said to be w4a16_rtn",
         lambda onnx_path, folder: onnx_path,
