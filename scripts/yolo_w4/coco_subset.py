@@ -10,6 +10,7 @@ files of the folder in name order, numbered 1..N, in a COCO file with no annotat
 """
 
 import collections
+import functools
 import json
 from pathlib import Path
 
@@ -33,28 +34,32 @@ def load_coco(path) -> dict:
     missing = [key for key in COCO_KEYS if not isinstance(data, dict) or not isinstance(data.get(key), list)]
     if missing:
         raise UserError(f"{path} is not a COCO detection annotation file (no {', '.join(missing)} list)")
-    check_entries(path, data)
+    check_images(path, data)
     ids = [image["id"] for image in data["images"]]
     repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if repeated:
         raise UserError(
             f"{path} lists image id {repeated[0]} more than once ({len(repeated)} ids repeated); each image must appear once"
         )
-    orphans = sorted({a.get("image_id") for a in data["annotations"]} - set(ids), key=str)
+    annotated = {a.get("image_id") for a in data["annotations"] if isinstance(a, dict)}
+    orphans = sorted(annotated - set(ids), key=str)
     if orphans:
         raise UserError(
             f"{path} has annotations for image id {orphans[0]}, which its images list lacks ({len(orphans)} such ids)"
         )
+    check_annotations(path, data)
     return data
 
 
-def check_entries(path, coco: dict) -> None:
-    """Refuse image and annotation values that pycocotools would score wrongly, or crash on in evaluate_coco
-    after every export has run: one line naming the entry and its field."""
+def _refuse(path, entry: str, problem: str) -> UserError:
+    """Values pycocotools would score wrongly, or crash on in evaluate_coco after every export has run:
+    one line naming the entry and its field."""
+    return UserError(f"{path}: {entry} has {problem}; fix or remove that entry")
 
-    def refuse(entry: str, problem: str) -> UserError:
-        return UserError(f"{path}: {entry} has {problem}; fix or remove that entry")
 
+def check_images(path, coco: dict) -> None:
+    """Image ids are integers, stated sizes positive integers."""
+    refuse = functools.partial(_refuse, path)
     for image in coco["images"]:
         if not isinstance(image, dict) or not _is_int(image.get("id")):
             shown = image.get("id") if isinstance(image, dict) else image
@@ -62,6 +67,11 @@ def check_entries(path, coco: dict) -> None:
         for field in ("width", "height"):
             if field in image and not (_is_int(image[field]) and image[field] > 0):
                 raise refuse(f"image id {image['id']}", f"{field} {image[field]!r}, not a positive integer")
+
+
+def check_annotations(path, coco: dict) -> None:
+    """Every annotation has the fields COCOeval reads, each a value it can score."""
+    refuse = functools.partial(_refuse, path)
     categories = {category.get("id") for category in coco["categories"] if isinstance(category, dict)}
     for number, annotation in enumerate(coco["annotations"]):
         if not isinstance(annotation, dict):
