@@ -42,13 +42,13 @@ accuracy: setup
 	@echo "copied to docs/results/accuracy-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md); commit them with the numbers they change there"
 
 # Accuracy against the number of calibration photos, the default build (w4a16, w4a16_g32), one workflow run
-# per count: YOLOv5n at 16/32/64/128 photos, the fall YOLOv8s at 16/32 (~1 hour on 2 CPU cores); prints
+# per count: YOLOv5n at 16/32/64/128 photos, the fall YOLOv8s at 16/32/128 (~1.5 hours on 2 CPU cores); prints
 # each table and writes docs/results/calibration-curve-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md).
 calibration-curve: setup
 	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
 		--counts 16 32 64 128 --out docs/results/calibration-curve-yolov5n.csv
 	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
-		config/accuracy-fall-yolov8s.yaml --counts 16 32 --out docs/results/calibration-curve-fall-yolov8s.csv
+		config/accuracy-fall-yolov8s.yaml --counts 16 32 128 --out docs/results/calibration-curve-fall-yolov8s.csv
 
 # What the CUDA path really does on an NVIDIA GPU machine (a few minutes): one table, printed
 # and written to results/gpu-check/gpu_check.{md,json}. Without a GPU: one line, exit 0.
