@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake --cores 1
 
-.PHONY: setup demo test test-slurm lint accuracy calibration-curve bench gpu-check clean-demo
+.PHONY: setup demo test test-slurm lint accuracy accuracy-frontier calibration-curve bench gpu-check clean-demo
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,17 @@ calibration-curve: setup
 		--counts 16 32 64 128 --out docs/results/calibration-curve-yolov5n.csv
 	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
 		config/accuracy-fall-yolov8s.yaml --counts 16 32 128 --out docs/results/calibration-curve-fall-yolov8s.csv
+
+# Accuracy against stored bits per weight (issue #24): uniform groups, a bit budget per layer and learned
+# rounding on groups, asymmetric groups (config/accuracy-frontier.yaml), at the default 32 calibration
+# photos: YOLOv5n (~1.5 hours on 2 CPU cores), then the fall YOLOv8s for the asymmetric groups (~30 min);
+# writes docs/results/frontier-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md "The frontier").
+accuracy-frontier: setup
+	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
+		config/accuracy-frontier.yaml --counts 32 --out docs/results/frontier-yolov5n.csv
+	$(BIN)/python -m yolo_w4.calibration_curve --cores 2 --configfile config/accuracy-yolov5n.yaml \
+		config/accuracy-fall-yolov8s.yaml config/accuracy-frontier.yaml --counts 32 \
+		--variant w4a16_g32 w4a16_g64_asym_up w4a16_g32_asym_up --out docs/results/frontier-fall-yolov8s.csv
 
 # What the CUDA path really does on an NVIDIA GPU machine (a few minutes): one table, printed
 # and written to results/gpu-check/gpu_check.{md,json}. Without a GPU: one line, exit 0.

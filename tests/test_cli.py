@@ -130,7 +130,7 @@ def test_cli_reuses_distilled_images_and_calibrates_on_real_ones(seeded_checkpoi
         (["--variant", "w5"], "error: --variant w5 is not a recipe in "),
         (
             ["--method", "gptq", "--asymmetric"],
-            "error: invalid config at variants.w4a16: method gptq needs symmetric: true (its grid has no zero point)",
+            "error: invalid config at variants.w4a16: method gptq with symmetric: false needs group_size",
         ),
         (["--bits", "1"], "error: invalid config at variants.w4a16.weight_bits: 1 is less than the minimum of 2"),
         (

@@ -167,8 +167,14 @@ def test_export_writes_what_brevitas_qcdq_exporter_writes(tmp_path, coco_photo, 
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"symmetric": False}, {"group_size": 32}, {"layer_bits": {"model.0.conv": 8}}],
-    ids=["per-channel", "asymmetric", "groups", "mixed"],
+    [
+        {},
+        {"symmetric": False},
+        {"group_size": 32},
+        {"group_size": 32, "symmetric": False},
+        {"layer_bits": {"model.0.conv": 8}},
+    ],
+    ids=["per-channel", "asymmetric", "groups", "asymmetric groups", "mixed"],
 )
 def test_export_from_the_saved_integers_is_the_export_of_the_quantized_model(
     detector, seeded_checkpoint, tmp_path, settings

@@ -77,21 +77,63 @@ def test_layers_no_wider_than_a_group_stay_per_channel(proxy):  # noqa: F811
     assert any(conv.weight[0].numel() <= 256 for conv in groupwise_layers(model).values())
 
 
-def test_gptq_with_static_groups_stays_on_the_grid_and_beats_group_rtn(proxy, calibration, held_out):  # noqa: F811
-    settings = default_recipe(group_size=32, method="gptq", scale="mse")
+def on_grid(conv) -> bool:
+    """Every weight is an integer within its bounds times its group's scale (asymmetric: stored 0..15)."""
+    grid = conv.weight.detach() / conv.element_scale()
+    low, high = conv.integer_bounds()
+    inside = bool(((grid.round() >= low) & (grid.round() <= high)).all())
+    return torch.allclose(grid, grid.round(), atol=1e-4) and inside
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_gptq_with_static_groups_stays_on_the_grid_and_beats_group_rtn(proxy, calibration, held_out, symmetric):  # noqa: F811
+    settings = default_recipe(group_size=32, method="gptq", scale="mse", symmetric=symmetric)
     rtn = quantize_weights(proxy.model, settings)
     model = quantize_weights(proxy.model, settings)
     records = apply_calibration(proxy.model, model, calibration, settings, bits_of(proxy.model))
     assert sum(r["weights_changed"] for r in records.values()) > 0
     for name, conv in groupwise_layers(model).items():
-        grid = conv.weight.detach() / conv.element_scale()
-        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 7 + 1e-4, name
+        assert on_grid(conv), name
+        if symmetric:
+            assert conv.integers().abs().max() <= 7, name
     assert output_sqnr(proxy.model, model, held_out) > output_sqnr(proxy.model, rtn, held_out) + 1
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_export_reads_back_integers_scales_and_blocks_and_runs_like_pytorch(proxy, held_out, tmp_path, precision):  # noqa: F811
-    model = quantize_weights(proxy.model, default_recipe(group_size=32, scale="mse"))
+def test_asymmetric_groups_use_all_16_integers_and_lower_the_layer_error(proxy, held_out):  # noqa: F811
+    """A zero point per group: stored integers 0..15 spanning the group's own [min, max] (0 inside), a lower
+    layer output error than symmetric groups of the same size, 4 bits more per group."""
+    symmetric = quantize_weights(proxy.model, default_recipe(group_size=32, scale="mse"))
+    asymmetric = quantize_weights(proxy.model, default_recipe(group_size=32, scale="mse", symmetric=False))
+    theirs, ours = (
+        layer_errors(proxy.model, symmetric, held_out[:2]),
+        layer_errors(proxy.model, asymmetric, held_out[:2]),
+    )
+    assert sum(ours.values()) < 0.8 * sum(theirs.values()), (sum(ours.values()), sum(theirs.values()))
+    stored = set()
+    for name, conv in groupwise_layers(asymmetric).items():
+        low, high = conv.integer_bounds()
+        assert ((conv.integers() >= low) & (conv.integers() <= high)).all(), name
+        zero = conv._per_weight(conv.zero_point)
+        stored |= set((conv.integers() + zero).unique().int().tolist())
+        assert conv.zero_point.min() >= 0 and conv.zero_point.max() <= 15, name
+        assert torch.equal(conv.zero_point, conv.zero_point.round()), name
+    assert stored == set(range(16))
+    bits = quantization_summary(asymmetric)["bits_per_weight"]
+    assert bits == pytest.approx(quantization_summary(symmetric)["bits_per_weight"] + 4 / 32, abs=0.01), bits
+
+
+@pytest.mark.parametrize(
+    ("precision", "symmetric"), [("fp32", True), ("fp16", True), ("fp32", False), ("fp16", False)],
+    ids=["fp32", "fp16", "fp32-asymmetric", "fp16-asymmetric"],
+)  # fmt: skip
+def test_export_reads_back_integers_scales_and_blocks_and_runs_like_pytorch(
+    proxy,  # noqa: F811
+    held_out,  # noqa: F811
+    tmp_path,
+    precision,
+    symmetric,
+):
+    model = quantize_weights(proxy.model, default_recipe(group_size=32, scale="mse", symmetric=symmetric))
     path, packed = tmp_path / "g32.onnx", tmp_path / "g32-int4.onnx"
     export_qcdq(model, path, 640, precision)
     proto = onnx.load(str(path))
@@ -108,15 +150,23 @@ def test_export_reads_back_integers_scales_and_blocks_and_runs_like_pytorch(prox
     assert set(blocks) == set(layers)
     for name, conv in layers.items():
         integers = constants[f"{name}.weight_int"]
-        assert integers.dtype == np.int8 and integers.shape == (conv.out_channels, conv.weight[0].numel())
-        assert np.array_equal(integers, conv.integers().detach().reshape(conv.out_channels, -1).numpy().astype(np.int8))
+        expected = conv.integers().detach()
+        if not symmetric:  # stored uint8 = integer + zero point, and the zero points beside the scales
+            expected = expected + conv._per_weight(conv.zero_point)
+            assert np.array_equal(constants[f"{name}.weight_zero_point"], conv.zero_point.numpy().astype(np.uint8))
+        assert integers.dtype == (np.int8 if symmetric else np.uint8)
+        assert integers.shape == (conv.out_channels, conv.weight[0].numel())
+        assert np.array_equal(integers, expected.reshape(conv.out_channels, -1).numpy().astype(integers.dtype))
         scale = constants[f"{name}.weight_scale"]
         assert scale.dtype == np.float16, "FP16 scales in both files (FP16 values by construction)"
         assert np.array_equal(scale.astype(np.float32), conv.scale.numpy()) and blocks[name] == conv.group_size
     summary = onnx_summary(path)
-    assert summary["weight_clip_ranges"] == [(-7, 7)] and summary["node_counts"]["DequantizeLinear"] == len(layers)
+    assert summary["weight_clip_ranges"] == [(-7, 7) if symmetric else (0, 15)]
+    assert summary["node_counts"]["DequantizeLinear"] == len(layers)
     info = pack_int4(path, packed)
     assert info["layers_packed"] == len(layers) and info["layers_kept_int8"] == 0
+    four_bit = {i.data_type for i in onnx.load(str(packed)).graph.initializer if i.name.endswith("_int4")}
+    assert four_bit == {onnx.TensorProto.INT4 if symmetric else onnx.TensorProto.UINT4}, four_bit
     x = held_out[0]
     with torch.no_grad():
         reference = model(x)
@@ -136,7 +186,7 @@ def test_group_state_dict_round_trip_is_exact(proxy, held_out, tmp_path):  # noq
     from test_legacy_yolov5 import YOLOV5N
     from yolo_w4.quantized_checkpoint import load_quantized, save_quantized
 
-    settings = default_recipe(group_size=64, scale="mse")
+    settings = default_recipe(group_size=64, scale="mse", symmetric=False)  # zero points travel too
     model = quantize_weights(proxy.model, settings)
     save_quantized(tmp_path / "g.pt", model, proxy, "w4a16_g64", settings)
     rebuilt, _, _ = load_quantized(tmp_path / "g.pt", shared(*YOLOV5N))
@@ -145,7 +195,8 @@ def test_group_state_dict_round_trip_is_exact(proxy, held_out, tmp_path):  # noq
 
 
 def test_groups_refuse_what_they_do_not_support():
-    with pytest.raises(UserError, match=r"group_size 32 cannot be combined with symmetric: False"):
-        check_variant("g", default_recipe(group_size=32, symmetric=False))
+    check_variant("g", default_recipe(group_size=32, symmetric=False, method="gptq"))  # asymmetric groups: fine
+    with pytest.raises(UserError, match=r"method adaround with symmetric: false needs group_size"):
+        check_variant("g", default_recipe(symmetric=False, method="adaround"))
     with pytest.raises(UserError, match=r"group_size 32 cannot be combined with scale: output"):
         check_variant("g", default_recipe(group_size=32, scale="output", method="gptq"))

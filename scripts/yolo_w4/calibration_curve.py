@@ -65,6 +65,14 @@ def curve(configfiles: list[Path], counts: list[int], variants: list[str], out: 
     return rows
 
 
+def build_of(configfiles: list[Path]) -> list[str]:
+    """The recipes the config files build: the last one's `build` that names any, else config.yaml's."""
+    build = load_config()["build"]
+    for path in configfiles:
+        build = (yaml.safe_load(path.read_text()) or {}).get("build", build)
+    return build
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| photos | " + " | ".join(COLUMNS[1:]) + " |", "|---" * len(COLUMNS) + "|"]
     lines += ["| " + " | ".join(str(row[k]) for k in COLUMNS) + " |" for row in rows]
@@ -75,11 +83,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m yolo_w4.calibration_curve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", nargs="+", type=Path, required=True, help="laid over config/config.yaml")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 32, 64, 128])
-    parser.add_argument("--variant", nargs="+", help="the recipes (default: config.yaml's build)")
+    parser.add_argument("--variant", nargs="+", help="the recipes (default: the config files' build)")
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="the CSV written")
     args = parser.parse_args(argv)
-    variants = args.variant or load_config()["build"]
+    variants = args.variant or build_of(args.configfile)
     print(markdown(curve(args.configfile, args.counts, variants, args.out, args.cores)))
     return 0
 

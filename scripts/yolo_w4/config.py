@@ -138,14 +138,28 @@ def read_yaml_config(path) -> dict:
     return data
 
 
+# What a `budget:` that names only bits_per_weight measures and chooses from (budget.py's FORMATS).
+BUDGET_DEFAULTS = {
+    "images": 8,
+    "formats": ["channel", "g128", "g64", "g32", "g16", "g64_asym", "g32_asym", "int8"],
+}
+
+
+def complete_budget(settings: dict) -> dict:
+    """`settings` with a given budget's unnamed keys filled from BUDGET_DEFAULTS (budget: null stays null)."""
+    if not isinstance(settings.get("budget"), dict):
+        return settings
+    return {**settings, "budget": {**BUDGET_DEFAULTS, **settings["budget"]}}
+
+
 def recipe_settings(config: dict, name: str) -> dict:
     """The complete settings of catalog recipe `name`: variant_defaults with its entry laid over them."""
-    return merge(config["variant_defaults"], config["variants"][name] or {})
+    return complete_budget(merge(config["variant_defaults"], config["variants"][name] or {}))
 
 
 def default_recipe(**overrides) -> dict:
     """config.yaml's variant_defaults with `overrides` laid over them (tests and benchmarks)."""
-    return merge(yaml.safe_load(DEFAULT_CONFIG.read_text())["variant_defaults"], overrides)
+    return complete_budget(merge(yaml.safe_load(DEFAULT_CONFIG.read_text())["variant_defaults"], overrides))
 
 
 def check_variant(name: str, settings: dict) -> None:
@@ -157,26 +171,36 @@ def check_variant(name: str, settings: dict) -> None:
             f"{where}.keep_float: {everything[0]!r} matches every layer name, so no conv is left to quantize; "
             "name the layers to keep in floating point, e.g. ['model.0.conv']"
         )
-    if settings["method"] == "gptq" and not settings["symmetric"]:
-        raise UserError(f"{where}: method gptq needs symmetric: true (its grid has no zero point)")
-    if settings["calibration_source"] == "synthetic" and not calibrated(settings):
+    if settings["method"] in ("gptq", "adaround") and not settings["symmetric"] and not settings["group_size"]:
+        raise UserError(
+            f"{where}: method {settings['method']} with symmetric: false needs group_size "
+            "(asymmetric per-channel grids are Brevitas', which it cannot round on); set group_size or symmetric: true"
+        )
+    if settings["budget"]:
+        clash = [f"group_size: {settings['group_size']}"] if settings["group_size"] else []
+        clash += ["mixed"] if settings["mixed"] else []
+        clash += ["symmetric: false"] if not settings["symmetric"] else []
+        clash += ["scale: output"] if settings["scale"] == "output" else []
+        if clash:
+            raise UserError(
+                f"{where}: budget chooses each layer's grid, so it cannot be combined with {', '.join(clash)}; drop one"
+            )
+    if settings["calibration_source"] == "synthetic" and not reads_images(settings):
         raise UserError(
             f"{where}: calibration_source: synthetic needs a calibrated method "
             "(method gptq or adaround, bias_correction empirical or scale output); round-to-nearest reads no images"
         )
-    if settings["group_size"]:
-        clash = [f"{k}: {settings[k]}" for k, bad in (("symmetric", False), ("scale", "output")) if settings[k] == bad]
-        if clash:
-            raise UserError(
-                f"{where}: group_size {settings['group_size']} cannot be combined with {', '.join(clash)} "
-                "(group-wise grids are symmetric, with minmax or mse scales); drop one"
-            )
+    if settings["group_size"] and settings["scale"] == "output":
+        raise UserError(
+            f"{where}: group_size {settings['group_size']} cannot be combined with scale: output "
+            "(group-wise grids take minmax or mse scales); drop one"
+        )
     if settings["method"] != "adaround":
         return
     clashes = [
         key
         for key, ignored in (("bias_correction", "empirical"), ("scale", "output"), ("compensate_upstream", True))
-        if settings[key] == ignored
+        if settings[key] == ignored and not (key == "compensate_upstream" and settings["adaround"]["start"] == "gptq")
     ]
     if clashes:
         raise UserError(
@@ -195,14 +219,19 @@ def calibrated(settings: dict) -> bool:
     )
 
 
+def reads_images(settings: dict) -> bool:
+    """Whether a recipe reads calibration images: calibrated ones, and a bit budget (its costs)."""
+    return calibrated(settings) or bool(settings["budget"])
+
+
 def needs_calibration(settings: dict) -> bool:
     """Whether a recipe reads real calibration images (its quantize job then depends on them).
 
     Mixed precision always does: the layer ranking is measured on real images.
     """
-    return bool(settings["mixed"]) or (calibrated(settings) and settings["calibration_source"] == "images")
+    return bool(settings["mixed"]) or (reads_images(settings) and settings["calibration_source"] == "images")
 
 
 def needs_synthetic(settings: dict) -> bool:
     """Whether a recipe calibrates on images distilled from the checkpoint (no real image)."""
-    return calibrated(settings) and settings["calibration_source"] == "synthetic"
+    return reads_images(settings) and settings["calibration_source"] == "synthetic"

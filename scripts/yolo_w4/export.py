@@ -131,16 +131,22 @@ def _weight_integers(module, quant) -> dict:
     Brevitas per-channel layers: integers shaped like the weight (int8, uint8 for asymmetric grids),
     FP32 scales along axis 0, zero points only where the grid has them. Group-wise layers
     (groupwise.GroupQuantConv2d): int8 (out, in*kh*kw), FP16 scales (out, groups) along axis 1 in
-    blocks of group_size, reshaped to the weight's shape after dequantizing. quant: the layer's
+    blocks of group_size, reshaped to the weight's shape after dequantizing; asymmetric groups
+    store uint8 0..15 with a uint8 zero point (out, groups) in the same blocks. quant: the layer's
     `quant_weight()` (Brevitas layers read theirs; group-wise layers hold their integers).
     """
     from brevitas.function.ops import max_int, min_int
 
     if hasattr(module, "group_size"):
+        integers = module.integers().reshape(module.out_channels, -1)
+        zero_point = None
+        if module.zero_point is not None:  # asymmetric: stored = integer + zero point, in [0, 2^bits - 1]
+            integers = integers + module._per_weight(module.zero_point).reshape(module.out_channels, -1)
+            zero_point = module.zero_point.detach().to(torch.uint8).numpy()
         return {
-            "integers": module.integers().reshape(module.out_channels, -1).to(torch.int8).numpy(),
+            "integers": integers.detach().to(torch.int8 if zero_point is None else torch.uint8).numpy(),
             "scale": module.scale.detach().numpy().astype(np.float16),  # FP16 values (groupwise.py)
-            "zero_point": None,
+            "zero_point": zero_point,
             "range": (module.qmin, module.qmax),
             "axis": 1,
             "block_size": module.group_size,
@@ -182,7 +188,11 @@ def dequantize(weight: dict) -> torch.Tensor:
     integers = torch.from_numpy(weight["integers"]).float()
     scale = torch.from_numpy(weight["scale"]).float()
     if weight["block_size"]:
-        element = scale.repeat_interleave(weight["block_size"], dim=1)[:, : integers.shape[1]]
+        width = integers.shape[1]
+        element = scale.repeat_interleave(weight["block_size"], dim=1)[:, :width]
+        if weight["zero_point"] is not None:
+            zero_point = torch.from_numpy(weight["zero_point"]).float()
+            integers = integers - zero_point.repeat_interleave(weight["block_size"], dim=1)[:, :width]
         return (integers * element).reshape(weight["shape"])
     if weight["zero_point"] is not None:
         integers = integers - torch.from_numpy(weight["zero_point"]).float().view(-1, 1, 1, 1)

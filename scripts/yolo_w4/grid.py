@@ -19,8 +19,15 @@ def integer_range(bits: int, narrow_range: bool) -> tuple[int, int]:
     return (-high if narrow_range else -high - 1), high
 
 
-def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Round to nearest on the grid scale * [qmin, qmax] (scale broadcast over the weight)."""
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """The stored integers of an asymmetric grid: 0 .. 2^bits - 1 (all 16 at 4 bits), a zero point per group."""
+    return 0, 2**bits - 1
+
+
+def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, qmin, qmax) -> torch.Tensor:
+    """Round to nearest on the grid scale * [qmin, qmax] (scale broadcast over the weight).
+
+    qmin, qmax: integers, or tensors like the weight (asymmetric groups: -zero point .. 15 - zero point)."""
     return torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
 
 
@@ -49,3 +56,33 @@ def group_scales(weight: torch.Tensor, group_size: int, bits: int, narrow_range:
         best_error = torch.where(better, error, best_error)
         best = torch.where(better, scale, best)
     return best
+
+
+def asymmetric_group_grid(weight: torch.Tensor, group_size: int, bits: int, method: str):
+    """(scales, zero points), each (out, groups), of an asymmetric group-wise grid (`symmetric: false`).
+
+    Each group's range [min, max] (widened to hold 0, so the zero point is one of the stored
+    integers) is split into 2^bits - 1 steps: all 16 integers at 4 bits serve the group's own
+    extremes, where a symmetric grid spends half its integers on the side of zero with the
+    smaller extreme. mse shrinks the range towards 0 by the ratio with the least squared weight
+    error. Zero points are integers in [0, 2^bits - 1] (float tensors), scales FP16 values.
+    """
+    _, top = unsigned_range(bits)
+    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    width = rows.shape[1]
+    groups = -(-width // group_size)
+    padded = F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
+    low, high = padded.amin(-1).clamp(max=0), padded.amax(-1).clamp(min=0)
+    spread = (high - low).clamp_min(1e-8)
+    ratios = MSE_RATIOS.to(weight.device) if method == "mse" else torch.ones(1, device=weight.device)
+    best_error = torch.full_like(spread, float("inf"))
+    best_scale, best_zero = torch.zeros_like(spread), torch.zeros_like(spread)
+    for ratio in ratios:
+        scale = fp16_exact(spread * ratio / top)
+        zero = torch.clamp(torch.round(-low * ratio / scale), 0, top)
+        grid = round_to_grid(padded, scale.unsqueeze(-1), -zero.unsqueeze(-1), (top - zero).unsqueeze(-1))
+        error = (padded - grid).pow(2).sum(-1)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale, best_zero = torch.where(better, scale, best_scale), torch.where(better, zero, best_zero)
+    return best_scale, best_zero

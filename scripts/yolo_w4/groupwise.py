@@ -11,6 +11,8 @@ Brevitas layers; it offers the part of Brevitas' interface the PTQ code reads
 (`weight_quant.bit_width()`, `quant_weight().value/.scale`), with `.scale` per weight.
 A layer whose reduction size is not above the group size gets one group: per channel.
 Scales are FP16 values, stored as FP16 (16 bits per group: 4.5 bits per weight at 32).
+Asymmetric groups (`symmetric: false`) add a zero point per group: unsigned integers
+0..15 (UINT4) serve each group's own [min, max], 4 bits more per group (4.625 at 32).
 The last group of a row may be shorter (ceil groups), as blocked DequantizeLinear allows.
 """
 
@@ -18,7 +20,7 @@ from collections import namedtuple
 
 import torch
 
-from yolo_w4.grid import group_scales, integer_range
+from yolo_w4.grid import asymmetric_group_grid, group_scales, integer_range, unsigned_range
 
 QuantWeight = namedtuple("QuantWeight", "value scale")
 
@@ -38,7 +40,9 @@ class GroupQuantProxy:
 class GroupQuantConv2d(torch.nn.Conv2d):
     """A Conv2d with fake-quantized group-wise weights: integers in [qmin, qmax] times their group's scale."""
 
-    def __init__(self, conv: torch.nn.Conv2d, bits: int, group_size: int, narrow_range: bool, scale: str):
+    def __init__(
+        self, conv: torch.nn.Conv2d, bits: int, group_size: int, narrow_range: bool, scale: str, symmetric: bool = True
+    ):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
@@ -56,17 +60,37 @@ class GroupQuantConv2d(torch.nn.Conv2d):
             self.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(self.bias))
         self.bits, self.narrow_range = bits, narrow_range
         self.group_size = min(group_size, self.weight[0].numel())  # reduction size <= group: per channel
-        self.qmin, self.qmax = integer_range(bits, narrow_range)
-        self.register_buffer("scale", group_scales(self.weight, self.group_size, bits, narrow_range, scale))
+        if symmetric:
+            self.qmin, self.qmax = integer_range(bits, narrow_range)
+            self.register_buffer("scale", group_scales(self.weight, self.group_size, bits, narrow_range, scale))
+            self.zero_point = None
+        else:  # stored integers 0 .. 2^bits - 1, value = (stored - zero point) x scale
+            self.qmin, self.qmax = unsigned_range(bits)
+            scales, zero_points = asymmetric_group_grid(self.weight, self.group_size, bits, scale)
+            self.register_buffer("scale", scales)
+            self.register_buffer("zero_point", zero_points)
         self.weight_quant = GroupQuantProxy(bits)
+
+    def _per_weight(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-group values (out, groups) repeated to every weight, shaped like the weight."""
+        width = self.weight[0].numel()
+        return values.repeat_interleave(self.group_size, dim=1)[:, :width].reshape(self.weight.shape)
 
     def element_scale(self) -> torch.Tensor:
         """The scale of every weight, shaped like the weight."""
-        width = self.weight[0].numel()
-        return self.scale.repeat_interleave(self.group_size, dim=1)[:, :width].reshape(self.weight.shape)
+        return self._per_weight(self.scale)
+
+    def integer_bounds(self):
+        """(lowest, highest) integer of every weight, value = integer x scale: [qmin, qmax] (symmetric), or
+        tensors [-zero point, 2^bits - 1 - zero point] per weight (asymmetric). GPTQ and AdaRound round within them."""
+        if self.zero_point is None:
+            return self.qmin, self.qmax
+        zero = self._per_weight(self.zero_point)
+        return self.qmin - zero, self.qmax - zero
 
     def integers(self) -> torch.Tensor:
-        return torch.clamp(torch.round(self.weight / self.element_scale()), self.qmin, self.qmax)
+        """Integers centred on zero (value = integer x scale); the stored ones add the zero point (export.py)."""
+        return torch.clamp(torch.round(self.weight / self.element_scale()), *self.integer_bounds())
 
     def quant_weight(self) -> QuantWeight:
         scale = self.element_scale()
@@ -81,10 +105,13 @@ def groupwise_layers(model: torch.nn.Module) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, GroupQuantConv2d)}
 
 
-def swap_in_groupwise(model: torch.nn.Module, names, bits_of: dict, group_size: int, narrow_range: bool, scale: str):
-    """Replace the convs `names` of `model` (in place) by GroupQuantConv2d with bits_of[name] bits."""
+def swap_in_groupwise(
+    model: torch.nn.Module, names, bits_of: dict, groups: dict, narrow_range: bool, scale: str, symmetric: dict
+):
+    """Replace the convs `names` of `model` (in place) by GroupQuantConv2d with bits_of[name] bits,
+    groups[name] weights per scale (None: one scale per output channel), symmetric[name] or a zero point."""
     for name in names:
-        model.set_submodule(
-            name, GroupQuantConv2d(model.get_submodule(name), bits_of[name], group_size, narrow_range, scale)
-        )
+        conv = model.get_submodule(name)
+        size = groups[name] or conv.weight[0].numel()
+        model.set_submodule(name, GroupQuantConv2d(conv, bits_of[name], size, narrow_range, scale, symmetric[name]))
     return model

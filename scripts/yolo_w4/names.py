@@ -15,9 +15,14 @@ def describe_settings(settings: dict | None) -> str:
         parts[0] += "+upstream-comp"
     if settings.get("calibration_source") == "synthetic":
         parts[0] += " on synthetic images (data-free)"
-    grid = f"{settings['scale']} {'sym' if settings['symmetric'] else 'asym'} {'narrow' if settings['narrow_range'] else 'full'}"
+    if settings["symmetric"]:
+        grid = f"{settings['scale']} sym {'narrow' if settings['narrow_range'] else 'full'}"
+    else:  # a zero point: the whole unsigned range, narrow or not
+        grid = f"{settings['scale']} asym"
     if settings.get("group_size"):
         grid += f", groups of {settings['group_size']}"
+    if settings.get("budget"):
+        grid += f", per-layer formats within {settings['budget']['bits_per_weight']} bits/weight"
     parts.append(grid)
     if settings.get("mixed"):
         mixed = settings["mixed"]

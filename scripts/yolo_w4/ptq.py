@@ -202,7 +202,7 @@ def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layer
     return stats
 
 
-def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_order: bool = True, block: int = 128):
+def gptq(weight, hessian, scale, qmin, qmax, damp: float = 0.01, act_order: bool = True, block: int = 128):
     """GPTQ (Frantar et al. 2023) for G independent groups at once.
 
     weight (G, O, n), hessian (G, n, n), scale (G, O) per channel or (G, O, n) per weight (group-wise
@@ -210,7 +210,8 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
     (G, O, n), every value on its own grid scale * [qmin, qmax]. Columns are quantized in order of
     decreasing Hessian diagonal (act_order); each column's rounding error is spread over the
     columns not yet quantized, weighted by the inverse Hessian, so the layer's output error
-    E||(W - Q) x||² is what is minimised, not the weight error.
+    E||(W - Q) x||² is what is minimised, not the weight error. qmin, qmax: integers, or (G, O, n)
+    tensors (asymmetric groups: each weight's own bounds, reordered with its column).
     """
     W = weight.double().clone()
     H = hessian.double().clone()
@@ -227,6 +228,9 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
         perm = torch.arange(width, device=W.device).expand(groups, width)
     W = W.gather(2, perm.unsqueeze(1).expand_as(W))
     S = S.gather(2, perm.unsqueeze(1).expand_as(S))
+    bounds = [
+        b.double().gather(2, perm.unsqueeze(1).expand_as(W)) if isinstance(b, torch.Tensor) else b for b in (qmin, qmax)
+    ]
     H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
     H += (
         damp
@@ -242,7 +246,8 @@ def gptq(weight, hessian, scale, qmin: int, qmax: int, damp: float = 0.01, act_o
         Hinv1 = Hinv[:, start:end, start:end]
         for i in range(end - start):
             column = W1[:, :, i]
-            q = round_to_grid(column, S[:, :, start + i], qmin, qmax)
+            low, high = (b[:, :, start + i] if isinstance(b, torch.Tensor) else b for b in bounds)
+            q = round_to_grid(column, S[:, :, start + i], low, high)
             Q[:, :, start + i] = q
             error = (column - q) / Hinv1[:, i, i].unsqueeze(1)
             W1[:, :, i:] -= error.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
@@ -288,6 +293,17 @@ def execution_order(activations: StagedActivations, layers: dict) -> list[str]:
     return list(dict.fromkeys(order))
 
 
+def integer_bounds(module, bits: int, narrow_range: bool):
+    """The integers a quantized conv's weights may take, as `round_to_grid` wants them, in GPTQ's (G, O, n)
+    layout: [qmin, qmax], or per weight for asymmetric groups (groupwise.GroupQuantConv2d.integer_bounds)."""
+    if not hasattr(module, "integer_bounds"):
+        return integer_range(bits, narrow_range)
+    low, high = module.integer_bounds()
+    if isinstance(low, torch.Tensor):
+        return _grouped(low, module.groups), _grouped(high, module.groups)
+    return low, high
+
+
 class ConvFit:
     """One quantized conv being calibrated: its input statistics, its grid and what it is fitted to.
 
@@ -300,7 +316,7 @@ class ConvFit:
         self.weight_fp = _grouped(fp_conv.weight.detach(), self.groups)  # (G, O, n): the FP weights
         self.goal = self.weight_fp  # what GPTQ rounds (apply_upstream_compensation moves it)
         self.fp_mean = stats.mean  # E[x] of the FP model's input (bias correction's reference)
-        self.qmin, self.qmax = integer_range(bits, narrow_range)
+        self.qmin, self.qmax = integer_bounds(module, bits, narrow_range)
         self.before = module.quant_weight().value.detach()
         self.record = {"weights_changed": 0, "bias_shift_max": 0.0, "clip_ratio_mean": 1.0}
 

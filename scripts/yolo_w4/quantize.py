@@ -111,7 +111,9 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
 
     settings: a resolved recipe (yolo_w4.config); reads weight_bits, scale, symmetric,
     narrow_range, keep_float, group_size (set: groupwise.GroupQuantConv2d instead of Brevitas
-    per-channel layers) and, for mixed precision, layer_bits {name: bits}. initialise False leaves
+    per-channel layers) and, for mixed precision or a bit budget, layer_bits {name: bits} (and
+    with a budget layer_groups {name: group size, None per channel} and layer_symmetric {name: bool}:
+    every conv group-wise). initialise False leaves
     Brevitas' scales to a state dict loaded next (load_quantized): fixing them from the FP weights
     quantizes every weight once more, seconds on YOLOv10m, for values the state dict replaces.
     """
@@ -132,10 +134,10 @@ def quantize_weights(model: torch.nn.Module, settings: dict, initialise: bool = 
         raise UserError(f"layer_bits names layers that are not quantized convs: {', '.join(unknown[:5])}")
     quantized = copy.deepcopy(model)
     bits_of = layer_bit_widths(settings, selected)
-    if settings.get("group_size"):
-        swap_in_groupwise(
-            quantized, selected, bits_of, settings["group_size"], settings["narrow_range"], settings["scale"]
-        )
+    if settings.get("group_size") or settings.get("layer_groups"):
+        groups = settings.get("layer_groups") or dict.fromkeys(selected, settings["group_size"])
+        symmetric = settings.get("layer_symmetric") or dict.fromkeys(selected, settings["symmetric"])
+        swap_in_groupwise(quantized, selected, bits_of, groups, settings["narrow_range"], settings["scale"], symmetric)
         round_biases_to_fp16(quantized)
         return quantized.eval()
     by_bits = {}
@@ -181,6 +183,8 @@ def quantization_summary(model: torch.nn.Module) -> dict:
         if bits is not None:  # one scale per output channel, or per group (groupwise.GroupQuantConv2d)
             layer["scales"] = int(module.scale.numel()) if hasattr(module, "group_size") else module.out_channels
             layer["group_size"] = getattr(module, "group_size", None)
+            zero_point = getattr(module, "zero_point", None)  # asymmetric groups: one per group, `bits` wide
+            layer["zero_points"] = int(zero_point.numel()) if zero_point is not None else 0
         layers.append(layer)
     quantizable = sum(layer["weights"] for layer in layers if not layer["name"].endswith(".dfl.conv"))
     return {
@@ -194,7 +198,8 @@ def quantization_summary(model: torch.nn.Module) -> dict:
 
 
 def _bits_per_weight(layers: list[dict], float_bits: int) -> float:
-    """Stored bits per conv weight: integer bits plus a `float_bits` scale per channel or group; float layers at float_bits.
+    """Stored bits per conv weight: integer bits plus a `float_bits` scale (and for asymmetric groups a
+    zero point of the integers' width) per channel or group; float layers at float_bits.
 
     float_bits: the width scales and float weights are stored at (32 in an FP32 file, 16 in FP16).
     """
@@ -205,4 +210,5 @@ def _bits_per_weight(layers: list[dict], float_bits: int) -> float:
             stored += layer["weights"] * float_bits
         else:
             stored += layer["weights"] * layer["bits"] + layer["scales"] * float_bits
+            stored += layer.get("zero_points", 0) * layer["bits"]
     return stored / weights

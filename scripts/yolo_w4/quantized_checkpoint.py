@@ -87,6 +87,11 @@ def load_quantized(path, checkpoint=None, trust: bool = False) -> tuple[torch.nn
     return model.eval(), detector, data
 
 
+def _group_buffers(weights: dict) -> set:
+    """(layer, buffer) of every group-wise layer's grid buffers (groupwise.GroupQuantConv2d)."""
+    return {(name, buffer) for name in weights for buffer in ("scale", "zero_point")}
+
+
 def load_dequantized(path, checkpoint=None, trust: bool = False) -> tuple[torch.nn.Module, Detector, dict, dict]:
     """(the quantized model as plain convs with its dequantized weights, FP detector, record, integers by layer).
 
@@ -103,8 +108,8 @@ def load_dequantized(path, checkpoint=None, trust: bool = False) -> tuple[torch.
     }
     state = data.pop("state_dict")
     quantizer_keys = [
-        key for key in state if ".weight_quant." in key or (key.endswith(".scale") and key[: -len(".scale")] in weights)
-    ]  # Brevitas' scale parameters, group-wise scales: their integers say it all
+        key for key in state if ".weight_quant." in key or key.rpartition(".")[::2] in _group_buffers(weights)
+    ]  # Brevitas' scale parameters, group-wise scales and zero points: their integers say it all
     for key in quantizer_keys:
         del state[key]
     model = detector.model

@@ -5,9 +5,9 @@ module of its concept; this module only decides which run, in what order, with w
 The workflow's quantize step, the command line (through that step), the cost benchmark and
 the GPU check all call `run_recipe`, so a recipe name means one thing everywhere.
 
-Order: mixed precision picks bit widths -> the grid (round to nearest, Brevitas) -> with
-calibration images either AdaRound, or per conv: output-aware scale, upstream compensation,
-GPTQ, empirical bias correction -> data-free BatchNorm bias correction -> biases back on FP16
+Order: a bit budget picks each conv's format, or mixed precision its bit width -> the grid (round to nearest, Brevitas) -> with
+calibration images either AdaRound (from the grid, or with `adaround.start: gptq` after GPTQ),
+or per conv: output-aware scale, upstream compensation, GPTQ, empirical bias correction -> data-free BatchNorm bias correction -> biases back on FP16
 values (scales are FP16 values from the grid on: quantize.py says why).
 """
 
@@ -47,20 +47,29 @@ def apply_calibration(fp_model, model, images, settings: dict, bits: dict, devic
     model.to(device)
     images = [image.to(device) for image in images]
     try:
-        if settings["method"] == "adaround":
+        adaround = settings["method"] == "adaround"
+        if adaround and settings["adaround"]["start"] == "rtn":
             return apply_adaround(
                 fp_model, model, images, bits=bits, narrow_range=settings["narrow_range"], **settings["adaround"]
             )
-        return calibrate(
+        # GPTQ (AdaRound with start: gptq learns its rounding from there)
+        stages = settings if not adaround else {**settings, "method": "gptq"}
+        records = calibrate(
             fp_model,
             model,
             images,
             bits=bits,
-            narrow_range=settings["narrow_range"],
-            techniques=calibration_techniques(settings),
-            hessian=settings["method"] == "gptq" or settings["scale"] == "output",
-            paired=settings["compensate_upstream"],
+            narrow_range=stages["narrow_range"],
+            techniques=calibration_techniques(stages),
+            hessian=stages["method"] == "gptq" or stages["scale"] == "output",
+            paired=stages["compensate_upstream"],
         )
+        if not adaround:
+            return records
+        learned = apply_adaround(
+            fp_model, model, images, bits=bits, narrow_range=settings["narrow_range"], **settings["adaround"]
+        )
+        return {name: {**records.get(name, {}), **row} for name, row in learned.items()}
     finally:
         fp_model.to("cpu")
         model.to("cpu")
@@ -77,6 +86,23 @@ def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=N
 
     selected = quantizable_layers(fp_model, settings["keep_float"])
     settings = dict(settings)
+    budget_rows = None
+    if settings["budget"]:
+        from yolo_w4.budget import apply_bit_budget, layer_settings
+
+        if images is None:
+            raise ValueError("a bit budget needs calibration images to measure each format's cost")
+        chosen, budget_rows = apply_bit_budget(
+            fp_model,
+            images,
+            **settings["budget"],
+            narrow_range=settings["narrow_range"],
+            scale=settings["scale"],
+            imgsz=imgsz,
+            keep_float=settings["keep_float"],
+            gptq_options=settings["gptq"] if settings["method"] == "gptq" else None,
+        )
+        settings.update(layer_settings(chosen))
     if settings["mixed"]:
         from yolo_w4.sensitivity import apply_mixed_precision
 
@@ -97,4 +123,10 @@ def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=N
             records.setdefault(name, {})["bn_bias_shift_max"] = shift
         print(f"data-free bias correction: {len(shifts)} of {len(selected)} convs")
     round_biases_to_fp16(model)  # the corrections above move biases off FP16 values
+    if budget_rows:
+        records = records or {}
+        for row in budget_rows:  # each layer's measured cost in every format, and the one chosen
+            layer = records.setdefault(row["layer"], {})
+            layer.setdefault("format_costs", {})[row["format"]] = row["cost"]
+            layer["format"] = chosen[row["layer"]]
     return model, settings, records

@@ -7,7 +7,9 @@ whole stage (`model.model[i]`, e.g. a C3 block) at once: the quantized stage, fe
 quantized model's activations, is trained to reproduce the FP model's stage output (for the
 detect head: the sigmoid of its final convs' outputs). The grid (per-channel scale, [-7, 7]
 at 4 bits) never changes, so the result exports to QCDQ like round-to-nearest. With
-`learn_bias`, each conv's float bias is tuned too.
+`learn_bias`, each conv's float bias is tuned too. A stage keeps what it learned only where
+its error on the calibration images went down; otherwise it stays at its start (the grid's
+rounding, or GPTQ's with `adaround.start: gptq`).
 """
 
 import contextlib
@@ -26,13 +28,20 @@ ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch
 class LearnedRounding:
     """One conv's soft rounding h(V) on its fixed grid, initialised to reproduce the FP weight."""
 
-    def __init__(self, conv, target: torch.Tensor, bits: int, narrow_range: bool, learn_bias: bool):
+    def __init__(self, conv, target: torch.Tensor, bits: int, narrow_range: bool, learn_bias: bool, start=None):
+        """start: integers to begin at (e.g. GPTQ's, `adaround.start: gptq`) instead of the FP weight's
+        position on the grid; each may move by one step, towards the FP weight where it can."""
         self.conv = conv
-        self.qmin, self.qmax = integer_range(bits, narrow_range)
+        bounds = getattr(conv, "integer_bounds", None)  # asymmetric groups: per weight (groupwise.py)
+        self.qmin, self.qmax = bounds() if bounds else integer_range(bits, narrow_range)
         self.scale = conv.quant_weight().scale.detach().expand_as(target)  # per channel or per group
         scaled = target / self.scale
         self.floor = torch.floor(scaled)
         rest = (scaled - self.floor).clamp(0.01, 0.99)
+        if start is not None:  # begin (nearly) at the given integers: floor + 1 -> h ~ 1, floor -> h ~ 0
+            up, down = start == self.floor + 1, start == self.floor
+            self.floor = torch.where(up | down, self.floor, start)  # an integer further away: it, or one above
+            rest = torch.where(up, torch.full_like(rest, 0.75), torch.full_like(rest, 0.25))
         self.v = torch.nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
         self.bias = torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=learn_bias)
 
@@ -69,6 +78,15 @@ def soft_forward(roundings: dict):
     finally:
         for rounding in roundings.values():
             del rounding.conv.forward
+
+
+def current_integers(conv, start: str):
+    """The integers a quantized conv holds now where learning starts from them (start "gptq"), else None."""
+    if start == "rtn":
+        return None
+    with torch.no_grad():
+        weight = conv.quant_weight()
+        return torch.round(weight.value.detach() / weight.scale.detach().expand_as(weight.value))
 
 
 def stage_batch(activations: StagedActivations, indices) -> torch.Tensor | list:
@@ -131,11 +149,14 @@ def apply_adaround(
     weight: float = 0.01,
     seed: int = 0,
     stages=None,
+    start: str = "rtn",
 ) -> dict:
     """AdaRound (`method: adaround`): learn every quantized conv's rounding, stage by stage (or only `stages`).
 
     bits: {layer name: bits}; bias_lr, weight (rounding regulariser) and seed are fixed by the
-    method, the rest come from the recipe's `adaround` settings. Returns per-layer records.
+    method, the rest come from the recipe's `adaround` settings. start: "rtn" begins at the FP
+    weights; "gptq" at the integers `q_model` holds now (recipe.py runs GPTQ first). Returns
+    per-layer records.
     """
     generator = random.Random(seed)
     fp_layers = conv_layers(fp_model)
@@ -151,9 +172,11 @@ def apply_adaround(
                 targets = [
                     stage_outputs(fp_acts.module, fp_acts.inputs(i), is_head, fp_stage_layers) for i in range(count)
                 ]
-                rtn_error = stage_error(q_acts, targets, is_head, layers)
+                start_error = stage_error(q_acts, targets, is_head, layers)
             roundings = {
-                n: LearnedRounding(m, fp_layers[n].weight.detach(), bits[n], narrow_range, learn_bias)
+                n: LearnedRounding(
+                    m, fp_layers[n].weight.detach(), bits[n], narrow_range, learn_bias, current_integers(m, start)
+                )
                 for n, m in layers.items()
             }
             groups = [{"params": [r.v for r in roundings.values()], "lr": lr}]
@@ -172,11 +195,21 @@ def apply_adaround(
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()
+            before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in layers.items()}
             for name, learned in roundings.items():
                 records[name] = {"stage": stage, "weights_changed": learned.commit()}
             error = stage_error(q_acts, targets, is_head, layers)
+            kept = error < start_error  # a stage keeps what it learned only where its error went down
+            if not kept:
+                with torch.no_grad():
+                    for name, (kept_weight, kept_bias) in before.items():
+                        layers[name].weight.copy_(kept_weight)
+                        layers[name].bias.copy_(kept_bias)
+                        records[name]["weights_changed"] = 0
             for name in layers:
-                records[name].update(stage_error_rtn=round(rtn_error, 6), stage_error=round(error, 6))
+                records[name].update(
+                    stage_error_start=round(start_error, 6), stage_error=round(min(error, start_error), 6), kept=kept
+                )
         fp_acts.run(advance=True)
         q_acts.run(advance=True)
     return records
