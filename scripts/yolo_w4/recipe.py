@@ -5,10 +5,12 @@ module of its concept; this module only decides which run, in what order, with w
 The workflow's quantize step, the command line (through that step), the cost benchmark and
 the GPU check all call `run_recipe`, so a recipe name means one thing everywhere.
 
-Order: a bit budget picks each conv's format, or mixed precision its bit width -> the grid (round to nearest, Brevitas) -> with
-calibration images either AdaRound (from the grid, or with `adaround.start: gptq` after GPTQ),
-or per conv: output-aware scale, upstream compensation, GPTQ, empirical bias correction -> data-free BatchNorm bias correction -> biases back on FP16
-values (scales are FP16 values from the grid on: quantize.py says why).
+Order: a bit budget picks each conv's format, or mixed precision its bit width -> the grid
+(round to nearest: Brevitas per channel, groupwise.py per group) -> with calibration images
+either AdaRound (from the grid, or with `adaround.start: gptq` after GPTQ), or per conv:
+output-aware scale, upstream compensation, GPTQ, empirical bias correction -> data-free
+BatchNorm bias correction -> biases back on FP16 values (scales are FP16 values from the grid
+on: quantize.py says why).
 """
 
 from functools import partial
@@ -92,16 +94,20 @@ def run_recipe(fp_model, settings: dict, *, images=None, ranking=None, unfused=N
 
         if images is None:
             raise ValueError("a bit budget needs calibration images to measure each format's cost")
-        chosen, budget_rows = apply_bit_budget(
-            fp_model,
-            images,
-            **settings["budget"],
-            narrow_range=settings["narrow_range"],
-            scale=settings["scale"],
-            imgsz=imgsz,
-            keep_float=settings["keep_float"],
-            gptq_options=settings["gptq"] if settings["method"] == "gptq" else None,
-        )
+        fp_model.to(device)  # the cost pass runs where calibration runs (CUDA where there is one)
+        try:
+            chosen, budget_rows = apply_bit_budget(
+                fp_model,
+                [image.to(device) for image in images],
+                **settings["budget"],
+                narrow_range=settings["narrow_range"],
+                scale=settings["scale"],
+                imgsz=imgsz,
+                keep_float=settings["keep_float"],
+                gptq_options=settings["gptq"] if settings["method"] == "gptq" else None,
+            )
+        finally:
+            fp_model.to("cpu")
         settings.update(layer_settings(chosen))
     if settings["mixed"]:
         from yolo_w4.sensitivity import apply_mixed_precision
