@@ -113,7 +113,7 @@ def test_asymmetric_groups_use_all_16_integers_and_lower_the_layer_error(proxy, 
     for name, conv in groupwise_layers(asymmetric).items():
         low, high = conv.integer_bounds()
         assert ((conv.integers() >= low) & (conv.integers() <= high)).all(), name
-        zero = conv._per_weight(conv.zero_point)
+        zero = conv.per_weight(conv.zero_point)
         stored |= set((conv.integers() + zero).unique().int().tolist())
         assert conv.zero_point.min() >= 0 and conv.zero_point.max() <= 15, name
         assert torch.equal(conv.zero_point, conv.zero_point.round()), name
@@ -152,7 +152,7 @@ def test_export_reads_back_integers_scales_and_blocks_and_runs_like_pytorch(
         integers = constants[f"{name}.weight_int"]
         expected = conv.integers().detach()
         if not symmetric:  # stored uint8 = integer + zero point, and the zero points beside the scales
-            expected = expected + conv._per_weight(conv.zero_point)
+            expected = expected + conv.per_weight(conv.zero_point)
             assert np.array_equal(constants[f"{name}.weight_zero_point"], conv.zero_point.numpy().astype(np.uint8))
         assert integers.dtype == (np.int8 if symmetric else np.uint8)
         assert integers.shape == (conv.out_channels, conv.weight[0].numel())

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from yolo_w4.quantize import conv_layers, quantizable_layers
+from yolo_w4.quantize import conv_layers, quantizable_layers, stored_layer_bits
 from yolo_w4.sensitivity import dense_output, swapped_weight
 
 SCALE_BITS = 16  # FP16 scales, one per channel or group (quantize.quantization_summary counts the same)
@@ -52,8 +52,8 @@ def stored_bits(shape, fmt: str) -> int:
     """Bits a conv weight of `shape` takes in format `fmt`: its integers, FP16 scales and any zero points."""
     bits, group, symmetric = FORMATS[fmt]
     out, width = shape[0], math.prod(shape[1:])
-    groups = 1 if group is None else math.ceil(width / min(group, width))
-    return out * width * bits + out * groups * (SCALE_BITS + (0 if symmetric else bits))
+    scales = out * (1 if group is None else math.ceil(width / min(group, width)))
+    return stored_layer_bits(out * width, bits, scales, 0 if symmetric else scales, SCALE_BITS)
 
 
 def format_gptq(conv, stats, fmt: str, narrow_range: bool, scale: str, gptq_options: dict) -> torch.Tensor:
@@ -120,6 +120,10 @@ def choose_formats(rows: list[dict], capacity_bits: float) -> dict:
     for row in rows:
         by_layer.setdefault(row["layer"], []).append(row)
     step = capacity_bits / STEPS
+
+    def units(option) -> int:  # the option's bits in budget steps, rounded up
+        return math.ceil(option["bits"] / step - 1e-9)
+
     inf = float("inf")
     best = np.full(STEPS + 1, inf)  # best[c]: least cost of the layers so far within c steps
     best[0] = 0.0
@@ -127,11 +131,11 @@ def choose_formats(rows: list[dict], capacity_bits: float) -> dict:
     for options in by_layer.values():
         new, pick = np.full(STEPS + 1, inf), np.full(STEPS + 1, -1)
         for k, option in enumerate(options):
-            units = math.ceil(option["bits"] / step - 1e-9)
-            if units > STEPS:
+            size = units(option)
+            if size > STEPS:
                 continue
             shifted = np.full(STEPS + 1, inf)
-            shifted[units:] = best[: STEPS + 1 - units] + option["cost"]
+            shifted[size:] = best[: STEPS + 1 - size] + option["cost"]
             better = shifted < new
             new[better], pick[better] = shifted[better], k
         best = new
@@ -143,7 +147,7 @@ def choose_formats(rows: list[dict], capacity_bits: float) -> dict:
     for (layer, options), pick in zip(reversed(by_layer.items()), reversed(choices)):
         option = options[int(pick[end])]
         chosen[layer] = option["format"]
-        end -= math.ceil(option["bits"] / step - 1e-9)
+        end -= units(option)
     return dict(reversed(chosen.items()))
 
 

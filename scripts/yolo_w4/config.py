@@ -197,11 +197,10 @@ def check_variant(name: str, settings: dict) -> None:
         )
     if settings["method"] != "adaround":
         return
-    clashes = [
-        key
-        for key, ignored in (("bias_correction", "empirical"), ("scale", "output"), ("compensate_upstream", True))
-        if settings[key] == ignored and not (key == "compensate_upstream" and settings["adaround"]["start"] == "gptq")
-    ]
+    ignored = [("bias_correction", "empirical"), ("scale", "output")]
+    if settings["adaround"]["start"] == "rtn":  # from GPTQ's integers, upstream compensation shapes that GPTQ
+        ignored.append(("compensate_upstream", True))
+    clashes = [key for key, value in ignored if settings[key] == value]
     if clashes:
         raise UserError(
             f"{where}: method adaround cannot be combined with "

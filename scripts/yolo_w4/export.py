@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from yolo_w4.files import atomic_path
+from yolo_w4.grid import per_weight
 from yolo_w4.names import FP
 from yolo_w4.onnx_graph import graph_constants
 from yolo_w4.quantize import weight_bits
@@ -141,7 +142,7 @@ def _weight_integers(module, quant) -> dict:
         integers = module.integers().reshape(module.out_channels, -1)
         zero_point = None
         if module.zero_point is not None:  # asymmetric: stored = integer + zero point, in [0, 2^bits - 1]
-            integers = integers + module._per_weight(module.zero_point).reshape(module.out_channels, -1)
+            integers = integers + module.per_weight(module.zero_point).reshape(module.out_channels, -1)
             zero_point = module.zero_point.detach().to(torch.uint8).numpy()
         return {
             "integers": integers.detach().to(torch.int8 if zero_point is None else torch.uint8).numpy(),
@@ -188,11 +189,10 @@ def dequantize(weight: dict) -> torch.Tensor:
     integers = torch.from_numpy(weight["integers"]).float()
     scale = torch.from_numpy(weight["scale"]).float()
     if weight["block_size"]:
-        width = integers.shape[1]
-        element = scale.repeat_interleave(weight["block_size"], dim=1)[:, :width]
+        block, width = weight["block_size"], integers.shape[1]
+        element = per_weight(scale, block, width)
         if weight["zero_point"] is not None:
-            zero_point = torch.from_numpy(weight["zero_point"]).float()
-            integers = integers - zero_point.repeat_interleave(weight["block_size"], dim=1)[:, :width]
+            integers = integers - per_weight(torch.from_numpy(weight["zero_point"]).float(), block, width)
         return (integers * element).reshape(weight["shape"])
     if weight["zero_point"] is not None:
         integers = integers - torch.from_numpy(weight["zero_point"]).float().view(-1, 1, 1, 1)

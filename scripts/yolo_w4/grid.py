@@ -36,14 +36,24 @@ def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
     return scale.clamp(FP16_TINY, FP16_MAX).half().float()
 
 
+def grouped_rows(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A conv weight as (out, groups, group_size) FP32 runs of its reduction, the last zero-padded."""
+    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    width = rows.shape[1]
+    groups = -(-width // group_size)
+    return F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
+
+
+def per_weight(values: torch.Tensor, group_size: int, width: int) -> torch.Tensor:
+    """Per-group values (out, groups) repeated to each of a row's `width` weights: (out, width)."""
+    return values.repeat_interleave(group_size, dim=1)[:, :width]
+
+
 def group_scales(weight: torch.Tensor, group_size: int, bits: int, narrow_range: bool, method: str) -> torch.Tensor:
     """(out, groups) scales of a conv weight: max |w| / qmax per group (minmax), or the clipped max
     with the least squared weight error (mse); every scale an FP16 value (`fp16_exact`)."""
     qmin, qmax = integer_range(bits, narrow_range)
-    rows = weight.detach().reshape(weight.shape[0], -1).float()
-    width = rows.shape[1]
-    groups = -(-width // group_size)
-    padded = F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
+    padded = grouped_rows(weight, group_size)
     amax = padded.abs().amax(-1).clamp_min(1e-8)
     if method == "minmax":
         return fp16_exact(amax / qmax)
@@ -68,10 +78,7 @@ def asymmetric_group_grid(weight: torch.Tensor, group_size: int, bits: int, meth
     error. Zero points are integers in [0, 2^bits - 1] (float tensors), scales FP16 values.
     """
     _, top = unsigned_range(bits)
-    rows = weight.detach().reshape(weight.shape[0], -1).float()
-    width = rows.shape[1]
-    groups = -(-width // group_size)
-    padded = F.pad(rows, (0, groups * group_size - width)).view(rows.shape[0], groups, group_size)
+    padded = grouped_rows(weight, group_size)
     low, high = padded.amin(-1).clamp(max=0), padded.amax(-1).clamp(min=0)
     spread = (high - low).clamp_min(1e-8)
     ratios = MSE_RATIOS.to(weight.device) if method == "mse" else torch.ones(1, device=weight.device)

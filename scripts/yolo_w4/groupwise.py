@@ -20,7 +20,7 @@ from collections import namedtuple
 
 import torch
 
-from yolo_w4.grid import asymmetric_group_grid, group_scales, integer_range, unsigned_range
+from yolo_w4.grid import asymmetric_group_grid, group_scales, integer_range, per_weight, unsigned_range
 
 QuantWeight = namedtuple("QuantWeight", "value scale")
 
@@ -71,21 +71,20 @@ class GroupQuantConv2d(torch.nn.Conv2d):
             self.register_buffer("zero_point", zero_points)
         self.weight_quant = GroupQuantProxy(bits)
 
-    def _per_weight(self, values: torch.Tensor) -> torch.Tensor:
+    def per_weight(self, values: torch.Tensor) -> torch.Tensor:
         """Per-group values (out, groups) repeated to every weight, shaped like the weight."""
-        width = self.weight[0].numel()
-        return values.repeat_interleave(self.group_size, dim=1)[:, :width].reshape(self.weight.shape)
+        return per_weight(values, self.group_size, self.weight[0].numel()).reshape(self.weight.shape)
 
     def element_scale(self) -> torch.Tensor:
         """The scale of every weight, shaped like the weight."""
-        return self._per_weight(self.scale)
+        return self.per_weight(self.scale)
 
     def integer_bounds(self):
         """(lowest, highest) integer of every weight, value = integer x scale: [qmin, qmax] (symmetric), or
         tensors [-zero point, 2^bits - 1 - zero point] per weight (asymmetric). GPTQ and AdaRound round within them."""
         if self.zero_point is None:
             return self.qmin, self.qmax
-        zero = self._per_weight(self.zero_point)
+        zero = self.per_weight(self.zero_point)
         return self.qmin - zero, self.qmax - zero
 
     def integers(self) -> torch.Tensor:

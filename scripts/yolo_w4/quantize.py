@@ -209,6 +209,12 @@ def _bits_per_weight(layers: list[dict], float_bits: int) -> float:
         if layer["bits"] is None:
             stored += layer["weights"] * float_bits
         else:
-            stored += layer["weights"] * layer["bits"] + layer["scales"] * float_bits
-            stored += layer.get("zero_points", 0) * layer["bits"]
+            stored += stored_layer_bits(
+                layer["weights"], layer["bits"], layer["scales"], layer["zero_points"], float_bits
+            )
     return stored / weights
+
+
+def stored_layer_bits(weights: int, bits: int, scales: int, zero_points: int, scale_bits: int = 16) -> int:
+    """Bits one quantized conv weight takes stored: its integers, its scales, its zero points (each `bits` wide)."""
+    return weights * bits + scales * scale_bits + zero_points * bits

@@ -54,17 +54,17 @@ def apply_calibration(fp_model, model, images, settings: dict, bits: dict, devic
             return apply_adaround(
                 fp_model, model, images, bits=bits, narrow_range=settings["narrow_range"], **settings["adaround"]
             )
-        # GPTQ (AdaRound with start: gptq learns its rounding from there)
-        stages = settings if not adaround else {**settings, "method": "gptq"}
+        # the per-conv techniques (AdaRound with start: gptq learns its rounding from GPTQ's result)
+        per_conv = settings if not adaround else {**settings, "method": "gptq"}
         records = calibrate(
             fp_model,
             model,
             images,
             bits=bits,
-            narrow_range=stages["narrow_range"],
-            techniques=calibration_techniques(stages),
-            hessian=stages["method"] == "gptq" or stages["scale"] == "output",
-            paired=stages["compensate_upstream"],
+            narrow_range=per_conv["narrow_range"],
+            techniques=calibration_techniques(per_conv),
+            hessian=per_conv["method"] == "gptq" or per_conv["scale"] == "output",
+            paired=per_conv["compensate_upstream"],
         )
         if not adaround:
             return records

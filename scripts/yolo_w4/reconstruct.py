@@ -18,8 +18,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from yolo_w4.grid import integer_range
-from yolo_w4.ptq import StagedActivations, stage_of
+from yolo_w4.ptq import StagedActivations, integer_bounds, stage_of
 from yolo_w4.quantize import conv_layers
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch
@@ -32,8 +31,8 @@ class LearnedRounding:
         """start: integers to begin at (e.g. GPTQ's, `adaround.start: gptq`) instead of the FP weight's
         position on the grid; each may move by one step, towards the FP weight where it can."""
         self.conv = conv
-        bounds = getattr(conv, "integer_bounds", None)  # asymmetric groups: per weight (groupwise.py)
-        self.qmin, self.qmax = bounds() if bounds else integer_range(bits, narrow_range)
+        bounds = integer_bounds(conv, bits, narrow_range)  # asymmetric groups: per weight, in GPTQ's layout
+        self.qmin, self.qmax = (b.reshape_as(target) if isinstance(b, torch.Tensor) else b for b in bounds)
         self.scale = conv.quant_weight().scale.detach().expand_as(target)  # per channel or per group
         scaled = target / self.scale
         self.floor = torch.floor(scaled)
