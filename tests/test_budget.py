@@ -159,3 +159,37 @@ def test_a_gptq_recipe_costs_each_format_after_gptq(proxy, calibration):  # noqa
     assert totals["gptq", "channel"] < 0.8 * totals["rtn", "channel"], totals
     assert totals["gptq", "g32"] < 0.8 * totals["rtn", "g32"], totals
     assert [row["bits"] for row in rtn] == [row["bits"] for row in gptq]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_a_format_cost_runs_only_the_stages_after_the_layer_and_equals_the_whole_model_cost(
+    proxy,  # noqa: F811
+    calibration,  # noqa: F811
+    rounding,
+):
+    """The cost pass keeps FP activations at each stage and shares each layer's Hessian inverse
+    between its formats; its costs are the whole-model ones, each layer's GPTQ on its own statistics."""
+    from yolo_w4.budget import format_costs, format_layer
+    from yolo_w4.ptq import _grouped, collect_input_stats, gptq, integer_bounds, stage_of
+    from yolo_w4.quantize import conv_layers
+    from yolo_w4.sensitivity import dense_output, swapped_weight
+
+    model, images = proxy.model, calibration[:1]
+    options = {"damp": 0.01, "act_order": True} if rounding == "gptq" else None
+    rows = format_costs(model, images, 640, ["channel", "g32_asym"], True, "mse", gptq_options=options)
+    layers = conv_layers(model)
+    with torch.no_grad():
+        reference = dense_output(model, images[0], 640)
+        for row in (rows[0], rows[41], rows[-1]):  # the first conv, one mid-network, the head's last
+            conv = layers[row["layer"]]
+            grid = format_layer(conv, row["format"], True, "mse")
+            rounded = grid.quant_weight().value
+            if options:
+                stats = collect_input_stats(model, {row["layer"]: conv}, stage_of(row["layer"]), images, True)
+                low, high = integer_bounds(grid, grid.bits, True)
+                weight, scales = (_grouped(t.detach(), conv.groups) for t in (conv.weight, grid.element_scale()))
+                rounded = gptq(weight, stats[row["layer"]].hessian, scales, low, high).reshape_as(conv.weight)
+            with swapped_weight(conv, rounded):
+                whole = float((dense_output(model, images[0], 640) - reference).pow(2).sum())
+            assert row["cost"] == pytest.approx(whole, rel=1e-5), row
+    assert rows[-1]["layer"].startswith(f"model.{len(model.model) - 1}.")

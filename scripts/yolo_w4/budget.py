@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from yolo_w4.quantize import conv_layers, quantizable_layers, stored_layer_bits
-from yolo_w4.sensitivity import dense_output, swapped_weight
+from yolo_w4.sensitivity import dense_output, head_output, swapped_weight
 
 SCALE_BITS = 16  # FP16 scales, one per channel or group (quantize.quantization_summary counts the same)
 STEPS = 4000  # the budget's resolution in the knapsack
@@ -56,30 +56,16 @@ def stored_bits(shape, fmt: str) -> int:
     return stored_layer_bits(out * width, bits, scales, 0 if symmetric else scales, SCALE_BITS)
 
 
-def format_gptq(conv, stats, fmt: str, narrow_range: bool, scale: str, gptq_options: dict) -> torch.Tensor:
-    """`conv`'s weight rounded by GPTQ in format `fmt`, on its FP input statistics `stats` (ptq.InputStats)."""
+def format_gptq(conv, inverse, fmt: str, narrow_range: bool, scale: str, gptq_options: dict) -> torch.Tensor:
+    """`conv`'s weight rounded by GPTQ in format `fmt`, on `inverse` (ptq.gptq_inverse of its FP input Hessian)."""
     from yolo_w4.ptq import _grouped, gptq, integer_bounds
 
     grid = format_layer(conv, fmt, narrow_range, scale)
     weight = _grouped(conv.weight.detach(), conv.groups)
     scales = _grouped(grid.element_scale(), conv.groups)
     low, high = integer_bounds(grid, grid.bits, narrow_range)
-    rounded = gptq(weight, stats.hessian, scales, low, high, gptq_options["damp"], gptq_options["act_order"])
+    rounded = gptq(weight, None, scales, low, high, gptq_options["damp"], gptq_options["act_order"], inverse=inverse)
     return rounded.reshape_as(conv.weight)
-
-
-def layer_input_stats(model, conv, images):
-    """The FP model's input statistics (E[x xᵀ]) at one conv, over `images`."""
-    from yolo_w4.ptq import InputStats
-
-    stats = InputStats(conv, second_moment=True)
-    handle = conv.register_forward_pre_hook(lambda module, args: stats.add(args[0]))
-    try:
-        for x in images:
-            model(x)
-    finally:
-        handle.remove()
-    return stats
 
 
 def format_costs(
@@ -90,22 +76,36 @@ def format_costs(
     gptq_options ({damp, act_order}): each layer is rounded in each format by GPTQ on its FP inputs,
     as a GPTQ recipe will round it, instead of to nearest (the cost of a format is what is left
     after the recipe's rounding: GPTQ gains more in some formats than in others).
+    The FP activations are kept at each conv's stage, so a format's cost runs only the stages
+    from there to the head, and the input statistics one stage per stage.
     """
+    from yolo_w4.ptq import StagedActivations, collect_input_stats, gptq_inverse, stage_of
+
     layers = conv_layers(model)
+    head = model.model[-1]
+    activations = StagedActivations(model, images)
+    stats = {}
     rows = []
     with torch.no_grad():
         reference = [dense_output(model, x, imgsz) for x in images]
         for name in quantizable_layers(model, keep_float):
-            conv = layers[name]
-            stats = layer_input_stats(model, conv, images) if gptq_options else None
+            conv, stage = layers[name], stage_of(name)
+            while activations.stage < stage:
+                activations.run(advance=True)
+            if gptq_options and name not in stats:  # every conv of the stage at once, the model FP
+                in_stage = {n: m for n, m in layers.items() if stage_of(n) == stage}
+                stats = collect_input_stats(model, in_stage, stage, activations, second_moment=True)
+            if gptq_options:  # the layer's Hessian inverse, once for every format
+                inverse = gptq_inverse(stats[name].hessian, gptq_options["damp"], gptq_options["act_order"])
             for fmt in formats:
                 if gptq_options:
-                    rounded = format_gptq(conv, stats, fmt, narrow_range, scale, gptq_options)
+                    rounded = format_gptq(conv, inverse, fmt, narrow_range, scale, gptq_options)
                 else:
                     rounded = format_layer(conv, fmt, narrow_range, scale).quant_weight().value
                 with swapped_weight(conv, rounded):
                     error = sum(
-                        float((dense_output(model, x, imgsz) - ref).pow(2).sum()) for x, ref in zip(images, reference)
+                        float((head_output(head, activations.head_inputs(i), imgsz) - ref).pow(2).sum())
+                        for i, ref in enumerate(reference)
                     )
                 rows.append({"layer": name, "format": fmt, "bits": stored_bits(conv.weight.shape, fmt), "cost": error})
     return rows

@@ -120,13 +120,29 @@ class StagedActivations:
         """The current stage."""
         return self.model.model[self.stage]
 
-    def inputs(self, index: int):
-        """What the current stage reads for image `index`: the last output, or saved ones (`f`)."""
-        x, saved = self.states[index]
-        f = self.module.f
+    @staticmethod
+    def _read(module, x, saved):
+        """What `module` reads: the last output `x`, or saved ones (its `f` indices)."""
+        f = module.f
         if f == -1:
             return x
         return saved[f] if isinstance(f, int) else [x if j == -1 else saved[j] for j in f]
+
+    def inputs(self, index: int):
+        """What the current stage reads for image `index`: the last output, or saved ones (`f`)."""
+        x, saved = self.states[index]
+        return self._read(self.module, x, saved)
+
+    def head_inputs(self, index: int):
+        """What the last stage (the head) reads for image `index`, the model as it is now run from the
+        current stage on (nothing kept): a layer's effect on the head costs only the stages after it."""
+        x, saved = self.states[index]
+        saved = list(saved)
+        with torch.no_grad():
+            for module in self.model.model[self.stage : -1]:
+                x = module(self._read(module, x, saved))
+                saved.append(x if module.i in self.model.save else None)
+        return self._read(self.model.model[-1], x, saved)
 
     def run(self, advance: bool) -> None:
         """Run the current stage on every image; with advance, keep its outputs and move on."""
@@ -202,7 +218,31 @@ def collect_paired_stats(fp_activations, q_activations, fp_layers: dict, q_layer
     return stats
 
 
-def gptq(weight, hessian, scale, qmin, qmax, damp: float = 0.01, act_order: bool = True, block: int = 128):
+def gptq_inverse(hessian, damp: float = 0.01, act_order: bool = True):
+    """What GPTQ needs of a layer's Hessian (G, n, n), the same for every grid it rounds to: the
+    column order, the dead columns (never seen a non-zero input) and the upper Cholesky factor of
+    the damped inverse in that order. The bit budget rounds one layer in many formats on one of these."""
+    H = hessian.double().clone()
+    groups, width, _ = H.shape
+    diagonal = torch.diagonal(H, dim1=1, dim2=2)
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
+    if act_order:
+        perm = torch.argsort(diagonal, dim=1, descending=True)
+    else:
+        perm = torch.arange(width, device=H.device).expand(groups, width)
+    H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
+    H += (
+        damp
+        * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1)
+        * torch.eye(width, dtype=H.dtype, device=H.device)
+    )
+    return perm, dead, torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
+def gptq(
+    weight, hessian, scale, qmin, qmax, damp: float = 0.01, act_order: bool = True, block: int = 128, inverse=None
+):
     """GPTQ (Frantar et al. 2023) for G independent groups at once.
 
     weight (G, O, n), hessian (G, n, n), scale (G, O) per channel or (G, O, n) per weight (group-wise
@@ -212,32 +252,19 @@ def gptq(weight, hessian, scale, qmin, qmax, damp: float = 0.01, act_order: bool
     columns not yet quantized, weighted by the inverse Hessian, so the layer's output error
     E||(W - Q) x||² is what is minimised, not the weight error. qmin, qmax: integers, or (G, O, n)
     tensors (asymmetric groups: each weight's own bounds, reordered with its column).
+    inverse: `gptq_inverse(hessian, damp, act_order)` when already computed (then hessian is unread).
     """
+    perm, dead, Hinv = inverse if inverse is not None else gptq_inverse(hessian, damp, act_order)
     W = weight.double().clone()
-    H = hessian.double().clone()
-    groups, _, width = W.shape
+    width = W.shape[2]
     S = scale.double()
     S = (S.unsqueeze(-1) if S.dim() == 2 else S).expand_as(W)  # (G, O, n): each weight's scale
-    diagonal = torch.diagonal(H, dim1=1, dim2=2)
-    dead = diagonal == 0
-    diagonal[dead] = 1.0
     W.masked_fill_(dead.unsqueeze(1), 0.0)
-    if act_order:
-        perm = torch.argsort(diagonal, dim=1, descending=True)
-    else:
-        perm = torch.arange(width, device=W.device).expand(groups, width)
     W = W.gather(2, perm.unsqueeze(1).expand_as(W))
     S = S.gather(2, perm.unsqueeze(1).expand_as(S))
     bounds = [
         b.double().gather(2, perm.unsqueeze(1).expand_as(W)) if isinstance(b, torch.Tensor) else b for b in (qmin, qmax)
     ]
-    H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
-    H += (
-        damp
-        * torch.diagonal(H, dim1=1, dim2=2).mean(1).view(groups, 1, 1)
-        * torch.eye(width, dtype=H.dtype, device=H.device)
-    )
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
     for start in range(0, width, block):
         end = min(start + block, width)
@@ -253,8 +280,8 @@ def gptq(weight, hessian, scale, qmin, qmax, damp: float = 0.01, act_order: bool
             W1[:, :, i:] -= error.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
             errors[:, :, i] = error
         W[:, :, end:] -= errors @ Hinv[:, start:end, end:]
-    inverse = torch.argsort(perm, dim=1)
-    return Q.gather(2, inverse.unsqueeze(1).expand_as(Q)).float()
+    unpermute = torch.argsort(perm, dim=1)
+    return Q.gather(2, unpermute.unsqueeze(1).expand_as(Q)).float()
 
 
 def output_aware_scale(weight, hessian, scale, qmin: int, qmax: int, ratios=None) -> torch.Tensor:

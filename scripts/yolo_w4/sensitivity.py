@@ -18,20 +18,25 @@ from yolo_w4.quantize import conv_layers, quantizable_layers
 
 def dense_output(model, x: torch.Tensor, imgsz: int) -> torch.Tensor:
     """The head's pre-top-k output (boxes / imgsz, scores), the same for one2one and one2many."""
+    head = model.model[-1]
+    captured = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return head_output(head, captured[0], imgsz)
+
+
+def head_output(head, features, imgsz: int) -> torch.Tensor:
+    """`dense_output` from the head's input feature maps."""
     from ultralytics.nn.modules.head import Detect
 
-    head = model.model[-1]
     if isinstance(head, Detect):
-        captured = []
-        handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-        try:
-            model(x)
-        finally:
-            handle.remove()
         branch = head.one2one if head.end2end else head.one2many
-        output = head._inference(head.forward_head(captured[0], **branch))
+        output = head._inference(head.forward_head(features, **branch))
     else:
-        output = model(x)
+        output = head(features)
     return torch.cat((output[:, :4] / imgsz, output[:, 4:]), 1)
 
 
