@@ -30,7 +30,9 @@ test-slurm: setup
 
 # The accuracy benchmark on ../shared/data, two trained models: the COCO-trained YOLOv5n proxy (mAP
 # against labels and agreement with FP) and the 2-class fall-detection YOLOv8s (agreement only: its
-# classes are not COCO's). Prints both deltas tables; writes results/accuracy-*/report/deltas.{md,csv,json}.
+# classes are not COCO's), 128 calibration photos, every lab recipe and issue #24's winners (w4a16_g64_asym,
+# w4a16_g32_asym, w4a16_b45): several hours on 2 CPU cores, the YOLOv8s's calibrated recipes most of it.
+# Prints both deltas tables; writes results/accuracy-*/report/deltas.{md,csv,json}.
 accuracy: setup
 	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml
 	$(SNAKEMAKE) --configfile config/accuracy-yolov5n.yaml config/accuracy-fall-yolov8s.yaml
@@ -41,7 +43,7 @@ accuracy: setup
 	cp results/accuracy-fall-yolov8s/report/deltas.csv docs/results/accuracy-fall-yolov8s.csv
 	@echo "copied to docs/results/accuracy-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md); commit them with the numbers they change there"
 
-# Accuracy against the number of calibration photos, the default build (w4a16, w4a16_g32), one workflow run
+# Accuracy against the number of calibration photos, the default build (w4a16, w4a16_g64_asym), one workflow run
 # per count: YOLOv5n at 16/32/64/128 photos, the fall YOLOv8s at 16/32/128 (~1.5 hours on 2 CPU cores); prints
 # each table and writes docs/results/calibration-curve-{yolov5n,fall-yolov8s}.csv (docs/accuracy.md).
 calibration-curve: setup
@@ -79,7 +81,7 @@ clean-demo:
 	rm -rf results/demo results/seeded results/ultralytics-assets
 
 # Where time and bytes go (issue #14): a seeded YOLOv10m through the whole workflow from scratch, 20 val2017
-# images, w4a16_rtn beside FP (BENCH_ARGS="--variant w4a16 w4a16_g32": the default build); prints the table, writes results/bench/bench.{json,md} with the machine's facts.
+# images, w4a16_rtn beside FP (BENCH_ARGS="--variant w4a16 w4a16_g64_asym": the default build); prints the table, writes results/bench/bench.{json,md} with the machine's facts.
 # BENCH_ARGS="--before results/bench-before/bench.json" adds a before/after table (--workdir: another checkout).
 BENCH_ARGS ?=
 bench: setup

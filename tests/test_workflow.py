@@ -452,7 +452,7 @@ def test_default_build_calibrates_on_the_evaluation_folders_other_photos(tmp_pat
     coco = {"images": str(images), "annotations": str(shared(*VAL_ANNOTATIONS)) if labelled else None, "max_images": 2}
     config = {**small_config(run_id, coco=coco, calibration={"max_images": 3}), "imgsz": 64}
     build = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["build"]
-    assert build == ["w4a16", "w4a16_g32"], "the default build: per channel and groups of 32"
+    assert build == ["w4a16", "w4a16_g64_asym"], "the default build: per channel and asymmetric groups of 64"
     results = ROOT / "results" / run_id
     targets = [f"{results.relative_to(ROOT)}/quantized/yolov10n-seed0-{v}-ptq.pt" for v in build]
     try:

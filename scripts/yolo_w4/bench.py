@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         "--variant",
         nargs="+",
         default=["w4a16_rtn"],
-        help="the recipes timed beside the FP baseline (config.yaml's build: w4a16 w4a16_g32)",
+        help="the recipes timed beside the FP baseline (config.yaml's build: w4a16 w4a16_g64_asym)",
     )
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--threads", type=int, default=os.cpu_count())

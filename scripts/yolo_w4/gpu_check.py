@@ -26,8 +26,9 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (scripts/yolo_w4/ -> ../..)
-GROUP_SIZES = {"w4": None, "w4g32": 32}  # the W4 models timed: per channel and the default group-wise recipe's
-LABELS = {"fp": "FP", "w4": "W4 QCDQ", "w4g32": "W4 g32 QCDQ"}
+# the W4 grids checked: per channel, symmetric groups of 32 and the default build's asymmetric groups of 64
+GRIDS = {"w4": {}, "w4g32": {"group_size": 32}, "w4g64a": {"group_size": 64, "symmetric": False}}
+LABELS = {"fp": "FP", "w4": "W4 QCDQ", "w4g32": "W4 g32 QCDQ", "w4g64a": "W4 g64-asym QCDQ"}
 
 
 def torch_facts() -> dict:
@@ -174,19 +175,18 @@ class SeededModel:
         return self._detectors[head]
 
     def quantized(self, head: str, kind: str = "w4"):
-        """W4 round-to-nearest, per channel (`w4`) or in groups (`w4g32`, the default build's second
-        recipe): the rounding method does not change the graph or its speed."""
+        """W4 round-to-nearest on grid `kind` (GRIDS): the rounding method does not change the graph or its speed."""
         from yolo_w4.config import default_recipe
         from yolo_w4.quantize import quantize_weights
 
         key = (head, kind)
         if key not in self._quantized:
-            settings = default_recipe(weight_bits=4, group_size=GROUP_SIZES[kind])
+            settings = default_recipe(weight_bits=4, **GRIDS[kind])
             self._quantized[key] = quantize_weights(self.detector(head).model, settings)
         return self._quantized[key]
 
     def onnx(self, kind: str, precision: str, batch: int = 1, head: str = "one2one") -> Path:
-        """kind: fp, w4 (per channel, opset 17) or w4g32 (blocked DequantizeLinear, opset 21)."""
+        """kind: fp, w4 (per channel, opset 17), w4g32 or w4g64a (blocked DequantizeLinear, opset 21)."""
         from yolo_w4.export import export_fp, export_qcdq
 
         key = f"{kind}-{head}-{precision}-b{batch}"
@@ -263,7 +263,7 @@ def latency(model: SeededModel, device: str = "cuda", batches=(1, 8), runs: int 
     rows = []
     for batch in batches:
         x = model.batch(batch)
-        cases = [("fp", True), ("w4", True), ("w4", False), ("w4g32", True)]
+        cases = [("fp", True), ("w4", True), ("w4", False), ("w4g32", True), ("w4g64a", True)]
         for kind, disable in cases:
             session, record = create_session(model.onnx(kind, "fp16", batch, head="one2many"), device, disable)
             feed = input_feed(session, x)
